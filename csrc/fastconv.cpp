@@ -1,0 +1,52 @@
+// The operator library fastconv_C: every kernel schema, defined once.
+// CPU kernels register in csrc/cpu/*.cpp, CUDA kernels in csrc/cuda/*.cu
+// (TORCH_LIBRARY_IMPL(fastconv_C, CPU|CUDA, m)).
+//
+// Conventions shared by all kernels:
+//   * x [N, C, H, W] NCHW-contiguous or channels_last; outputs keep x's format.
+//   * padding of conv2d is (top, left, bottom, right).
+//   * conv2d_fwd computes y = pool_k(act(conv2d(x, w) + b)) with non-overlapping
+//     k x k max-pool (k = pool, 1 = none, floor mode) and returns
+//     (y, idx): idx uint8 [N, K, PO, QO], the row-major position di*k + dj of the
+//     max inside its window (ties -> first). idx is an empty uint8 tensor when
+//     pool == 1. The max is taken on the fp32 accumulator before bias and relu
+//     (pool(relu(c + b)) == relu(pool(c) + b)).
+//   * conv2d_bwd rebuilds dC from (dy, y, idx):
+//       dC[n,k,pool*i+di,pool*j+dj] = dy[n,k,i,j] * (idx == di*pool+dj) * (!relu || y > 0)
+//     and returns (dx, dw, db); entries whose output_mask is false are undefined.
+//     y / idx may be empty when relu / pool is off.
+//   * max_pool2d_fwd returns (y, idx): idx int32 = h * W + w inside the input
+//     plane (ties -> first in row-major order, NaN wins).
+#include <Python.h>
+#include <torch/library.h>
+
+namespace fastconv {
+// True when csrc/cuda was compiled in (FASTCONV_WITH_CUDA).
+#ifdef FASTCONV_WITH_CUDA
+bool has_cuda_kernels() { return true; }
+#else
+bool has_cuda_kernels() { return false; }
+#endif
+}  // namespace fastconv
+
+TORCH_LIBRARY(fastconv_C, m) {
+  m.def("conv2d_fwd(Tensor x, Tensor w, Tensor? b, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups, bool relu, int pool) -> (Tensor, Tensor)");
+  m.def("conv2d_bwd(Tensor dy, Tensor x, Tensor w, Tensor y, Tensor idx, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups, bool relu, int pool, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("relu_fwd(Tensor x) -> Tensor");
+  m.def("relu_bwd(Tensor dy, Tensor y) -> Tensor");
+  m.def("max_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, "
+        "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_bwd(Tensor dy, Tensor idx, int[2] input_hw, int[2] kernel, int[2] stride, "
+        "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+  m.def("has_cuda_kernels() -> bool", []() { return fastconv::has_cuda_kernels(); });
+}
+
+
+// A bare module init: importing fastconv._C only loads the registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}

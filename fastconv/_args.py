@@ -1,0 +1,150 @@
+"""User-argument checks, written once and shared by every backend.
+
+Every public op validates here before anything runs, so a bad call fails the
+same way on every backend: ``TypeError`` for a wrong type or dtype,
+``ValueError`` for a wrong value or shape, each naming the argument and what
+was expected.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ._params import MAX_POOL, ConvParams, PoolParams
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (numbers.Integral, torch.SymInt)) and not isinstance(v, bool)
+
+
+def pair(name: str, v, *, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum."""
+    if _is_int(v):
+        v = (v, v)
+    elif isinstance(v, (tuple, list, torch.Size)) and len(v) == 1 and _is_int(v[0]):
+        v = (v[0], v[0])
+    if not (isinstance(v, (tuple, list, torch.Size)) and len(v) == 2 and all(_is_int(e) for e in v)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if any(e < minimum for e in v):
+        what = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {tuple(v)}")
+    return int(v[0]), int(v[1])
+
+
+def tensor(name: str, t, ndims: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}"
+        )
+    if t.dim() not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        raise ValueError(f"{name} must be {want}, got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+    return t
+
+
+def same_device_dtype(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; expected the same device")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; expected the same dtype")
+
+
+def activation(v) -> bool:
+    """None / 'none' -> False, 'relu' -> True."""
+    if v is None:
+        return False
+    if isinstance(v, str) and v.lower() in ("none", "identity"):
+        return False
+    if isinstance(v, str) and v.lower() == "relu":
+        return True
+    raise ValueError(f"activation must be None or 'relu', got {v!r}")
+
+
+def pool(v) -> int:
+    if v is None:
+        return 1
+    if isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1]:
+        v = v[0]
+    if not _is_int(v):
+        raise TypeError(f"pool must be None or an int (the k of a k x k, stride-k max-pool), got {v!r}")
+    if not 1 <= v <= MAX_POOL:
+        raise ValueError(f"pool must be in 1..{MAX_POOL} (k x k window, stride k), got {v}")
+    return int(v)
+
+
+def conv_padding(v, R: int, S: int, stride, dilation) -> tuple[int, int, int, int]:
+    if isinstance(v, str):
+        if v == "valid":
+            return (0, 0, 0, 0)
+        if v == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+            th, tw = dilation[0] * (R - 1), dilation[1] * (S - 1)
+            return (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+        raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {v!r}")
+    ph, pw = pair("padding", v, minimum=0)
+    return (ph, pw, ph, pw)
+
+
+def conv(x, w, b, stride, padding, dilation, groups, act, pool_k) -> ConvParams:
+    """Check a conv2d call (x already 4-D) and return its ConvParams."""
+    tensor("x", x, (4,))
+    tensor("w", w, (4,))
+    same_device_dtype("x", x, "w", w)
+    if b is not None:
+        tensor("b", b, (1,))
+        same_device_dtype("x", x, "b", b)
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    N, C, H, W = x.shape
+    K, CG, R, S = w.shape
+    if C % groups != 0 or K % groups != 0:
+        raise ValueError(
+            f"groups={groups} must divide both the input channels C={C} and the output channels K={K}"
+        )
+    if CG * groups != C:
+        raise ValueError(
+            f"w must have shape [K, C/groups, R, S] = [{K}, {C // groups}, R, S] for x with C={C} and "
+            f"groups={groups}, got {tuple(w.shape)}"
+        )
+    if b is not None and b.shape[0] != K:
+        raise ValueError(f"b must have shape [{K}] (one per output channel), got {tuple(b.shape)}")
+    st = pair("stride", stride, minimum=1)
+    dil = pair("dilation", dilation, minimum=1)
+    pad = conv_padding(padding, R, S, st, dil)
+    p = ConvParams(st, pad, dil, int(groups), activation(act), pool(pool_k))
+    P, Q = p.conv_hw(H, W, R, S)
+    if P < 1 or Q < 1:
+        raise ValueError(
+            f"w's kernel {R}x{S} (dilation {dil}) is larger than x's padded input "
+            f"{H + pad[0] + pad[2]}x{W + pad[1] + pad[3]}"
+        )
+    if p.pool > 1 and (P < p.pool or Q < p.pool):
+        raise ValueError(f"pool={p.pool} is larger than the conv output {P}x{Q}")
+    return p
+
+
+def max_pool(x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolParams:
+    tensor("x", x, (4,))
+    k = pair("kernel_size", kernel_size, minimum=1)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else pair(
+        "stride", stride, minimum=1)
+    pad = pair("padding", padding, minimum=0)
+    dil = pair("dilation", dilation, minimum=1)
+    if pad[0] * 2 > k[0] or pad[1] * 2 > k[1]:
+        raise ValueError(f"padding must be at most half of kernel_size {k}, got {pad}")
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    p = PoolParams(k, s, pad, dil, ceil_mode)
+    OH, OW = p.out_hw(x.shape[2], x.shape[3])
+    if OH < 1 or OW < 1:
+        raise ValueError(
+            f"kernel_size {k} (dilation {dil}) is larger than x's padded input "
+            f"{x.shape[2] + 2 * pad[0]}x{x.shape[3] + 2 * pad[1]}"
+        )
+    return p

@@ -1,0 +1,49 @@
+"""Calls into the C++ operator library ``fastconv_C`` (csrc/), shared by the
+``cpu`` and ``cuda`` backends: the same ops, dispatched by device inside torch."""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from .._params import ConvParams, PoolParams
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def extension_missing() -> str | None:
+    if not _ext.load():
+        return f"the C++ extension is not built: {_ext.status()['error']}"
+    return None
+
+
+def _ops():
+    return torch.ops.fastconv_C
+
+
+def conv2d_fwd(x, w, b, p: ConvParams):
+    return _ops().conv2d_fwd(x, w, b, list(p.stride), list(p.padding), list(p.dilation), p.groups,
+                             p.relu, p.pool)
+
+
+def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
+    dx, dw, db = _ops().conv2d_bwd(dy, x, w, y, idx, list(p.stride), list(p.padding), list(p.dilation),
+                                   p.groups, p.relu, p.pool, list(mask))
+    return (dx if mask[0] else None), (dw if mask[1] else None), (db if mask[2] else None)
+
+
+def relu_fwd(x):
+    return _ops().relu_fwd(x)
+
+
+def relu_bwd(dy, y):
+    return _ops().relu_bwd(dy, y)
+
+
+def max_pool2d_fwd(x, p: PoolParams):
+    return _ops().max_pool2d_fwd(x, list(p.kernel), list(p.stride), list(p.padding), list(p.dilation),
+                                 p.ceil_mode)
+
+
+def max_pool2d_bwd(dy, idx, input_hw, p: PoolParams):
+    return _ops().max_pool2d_bwd(dy, idx, list(input_hw), list(p.kernel), list(p.stride), list(p.padding),
+                                 list(p.dilation), p.ceil_mode)

@@ -1,0 +1,63 @@
+"""How ``auto`` ranks backends for one call.
+
+On CPU tensors: ``cpu`` (the C++ kernels), else ``reference``. On CUDA
+tensors: the fastest backend measured for this layer shape on this card, read
+from the table that ``bench/bench_layers.py --write-autotable`` writes
+(``fastconv/backends/autotable.json`` or ``$FASTCONV_AUTOTABLE``), else a
+heuristic: the direct CUDA kernel for small-C and depthwise convs (where an
+implicit GEMM wastes its tensor cores), Triton for the rest.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+TABLE_PATH = Path(__file__).with_name("autotable.json")
+
+
+def conv_key(x, w_shape, p) -> str:
+    """Table key of a conv layer: shape class, not batch or spatial size."""
+    C = x.shape[1]
+    K, CG, R, S = w_shape
+    return (f"conv2d:C{C}:K{K}:R{R}S{S}:s{p.stride[0]}x{p.stride[1]}:g{p.groups}"
+            f":relu{int(p.relu)}:pool{p.pool}:{str(x.dtype).replace('torch.', '')}")
+
+
+@functools.lru_cache(maxsize=None)
+def _table() -> dict:
+    path = Path(os.environ.get("FASTCONV_AUTOTABLE") or TABLE_PATH)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _device_name(x) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(x.device)
+
+
+def candidates(op: str, args) -> list[str]:
+    """Backends to try in order for ``op(*args)``; the first that can take it runs."""
+    x = args[0]
+    if x.device.type == "cpu":
+        return ["cpu"]
+    if x.device.type != "cuda":
+        return []
+    if op.startswith("conv2d"):
+        # conv2d_fwd(x, w, b, p) / conv2d_bwd(dy, x, w, y, idx, p, mask)
+        w, p = (args[1], args[3]) if op == "conv2d_fwd" else (args[2], args[5])
+        x = args[0] if op == "conv2d_fwd" else args[1]
+        w_shape = tuple(w.shape)
+        best = _table().get(_device_name(x), {}).get(conv_key(x, w_shape, p))
+        if best:
+            return [best, "triton", "cuda"]
+        C = x.shape[1]
+        _, CG, R, S = w_shape
+        if CG * R * S <= 32 or (p.groups == C and CG == 1):
+            return ["cuda", "triton"]
+        return ["triton", "cuda"]
+    return ["cuda", "triton"]

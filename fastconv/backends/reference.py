@@ -1,0 +1,99 @@
+"""The ``reference`` backend: a composition of aten ops.
+
+It is the oracle of every test (run in float64) and, on a GPU, the baseline
+that runs cuDNN ``conv2d -> relu -> max_pool2d``. Clarity over speed: the
+backward rebuilds the full-resolution conv-output gradient explicitly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._layout import memory_format_of
+from .._params import ConvParams, PoolParams
+
+NAME = "reference"
+
+
+def available() -> str | None:
+    return None
+
+
+def unsupported(op: str, *args) -> str | None:
+    return None
+
+
+def _padded(x: torch.Tensor, p: ConvParams):
+    """(input, symmetric padding) for aten: asymmetric ('same') pads explicitly."""
+    pt, pl, pb, pr = p.padding
+    if p.symmetric_padding:
+        return x, (pt, pl)
+    return F.pad(x, (pl, pr, pt, pb)), (0, 0)
+
+
+def window_index(ind: torch.Tensor, k: int, Wc: int) -> torch.Tensor:
+    """Plane index h*Wc + w of a k x k / stride-k max-pool -> window index di*k + dj."""
+    h, w = ind // Wc, ind % Wc
+    return ((h % k) * k + (w % k)).to(torch.uint8)
+
+
+def unpool(dy: torch.Tensor, idx: torch.Tensor, k: int, P: int, Q: int) -> torch.Tensor:
+    """dC[n,c,k*i+di,k*j+dj] = dy[n,c,i,j] * (idx[n,c,i,j] == di*k+dj), zero past the windows."""
+    N, K, PO, QO = dy.shape
+    hot = F.one_hot(idx.long(), k * k).to(dy.dtype) * dy.unsqueeze(-1)  # [N,K,PO,QO,k*k]
+    dc = hot.reshape(N, K, PO, QO, k, k).permute(0, 1, 2, 4, 3, 5).reshape(N, K, PO * k, QO * k)
+    return F.pad(dc, (0, Q - QO * k, 0, P - PO * k))
+
+
+def conv2d_fwd(x, w, b, p: ConvParams):
+    fmt = memory_format_of(x)
+    xp, pad = _padded(x, p)
+    c = F.conv2d(xp, w, b, p.stride, pad, p.dilation, p.groups)
+    if p.relu:
+        c = F.relu(c)
+    if p.pool > 1:
+        y, ind = F.max_pool2d(c, p.pool, p.pool, return_indices=True)
+        idx = window_index(ind, p.pool, c.shape[3])
+    else:
+        y, idx = c, torch.empty(0, dtype=torch.uint8, device=x.device)
+    return y.contiguous(memory_format=fmt), idx.contiguous(memory_format=fmt) if p.pool > 1 else idx
+
+
+def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
+    fmt = memory_format_of(x)
+    if p.relu:
+        dy = dy * (y > 0)
+    P, Q = p.conv_hw(x.shape[2], x.shape[3], w.shape[2], w.shape[3])
+    dc = unpool(dy, idx, p.pool, P, Q) if p.pool > 1 else dy
+    xp, pad = _padded(x, p)
+    dx, dw, db = torch.ops.aten.convolution_backward(
+        dc, xp, w, [w.shape[0]] if mask[2] else None, list(p.stride), list(pad), list(p.dilation),
+        False, [0, 0], p.groups, list(mask))
+    if dx is not None:
+        if not p.symmetric_padding:
+            pt, pl = p.padding[0], p.padding[1]
+            dx = dx[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]]
+        dx = dx.contiguous(memory_format=fmt)
+    return dx, (dw.contiguous() if dw is not None else None), db
+
+
+def relu_fwd(x):
+    return torch.relu(x)
+
+
+def relu_bwd(dy, y):
+    return torch.ops.aten.threshold_backward(dy, y, 0)
+
+
+def max_pool2d_fwd(x, p: PoolParams):
+    fmt = memory_format_of(x)
+    y, ind = F.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True)
+    return y.contiguous(memory_format=fmt), ind.to(torch.int32).contiguous(memory_format=fmt)
+
+
+def max_pool2d_bwd(dy, idx, input_hw, p: PoolParams):
+    N, C, OH, OW = dy.shape
+    H, W = input_hw
+    dx = torch.zeros(N, C, H * W, dtype=dy.dtype, device=dy.device)
+    dx.scatter_add_(2, idx.reshape(N, C, OH * OW).long(), dy.reshape(N, C, OH * OW))
+    return dx.view(N, C, H, W).contiguous(memory_format=memory_format_of(dy))

@@ -1,0 +1,34 @@
+"""Test set-up: Triton kernels run in the interpreter when no GPU is present.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set
+here, at collection time. GPU-only tests carry ``@pytest.mark.gpu`` and are
+skipped (with the reason) where CUDA is absent; bench/gpu_check.sh runs them.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (runs in bench/gpu_check.sh)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _default_backend():
+    """Each test starts from the default backend policy and strictness."""
+    from fastconv import backends
+
+    saved = dict(backends._state)
+    yield
+    backends._state.update(saved)

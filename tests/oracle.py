@@ -1,0 +1,210 @@
+"""The float64 oracle and the shared checks every backend's tests use.
+
+``check_conv`` / ``check_pool`` / ``check_relu`` run one call through the
+public API on a chosen backend in strict mode (a silent fallback fails the
+test), run the same call through ``reference`` in float64 on the CPU, and
+compare the output and *every* gradient with tolerances that scale with the
+dtype and the reduction length (DESIGN section 7).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+import fastconv
+from fastconv._layout import memory_format_of
+
+EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+TF32_EPS = 2.0**-10
+
+
+def eps_of(dtype, device="cpu") -> float:
+    if (dtype == torch.float32 and torch.device(device).type == "cuda"
+            and torch.backends.cudnn.allow_tf32):
+        return TF32_EPS
+    return EPS[dtype]
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype, L: int, device="cpu"):
+    """|a - e| <= 4 eps (|e| + sqrt(L) rms(e)) elementwise; NaN must match NaN."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    nan_a, nan_e = a.isnan(), e.isnan()
+    assert torch.equal(nan_a, nan_e), f"{name}: NaN positions differ ({int(nan_a.sum())} vs {int(nan_e.sum())})"
+    fin = ~nan_e
+    a, e = a[fin], e[fin]
+    if e.numel() == 0:
+        return
+    inf = e.isinf()
+    assert torch.equal(a[inf], e[inf]), f"{name}: inf values differ"
+    a, e = a[~inf], e[~inf]
+    if e.numel() == 0:
+        return
+    ep = eps_of(dtype, device)
+    rms = e.pow(2).mean().sqrt().item()
+    tol = 4 * ep * (e.abs() + math.sqrt(max(L, 1)) * rms) + 1e-300
+    err = (a - e).abs()
+    bad = err > tol
+    assert not bad.any(), (
+        f"{name}: {int(bad.sum())}/{e.numel()} elements off (max err {err.max().item():.3g}, "
+        f"tol at worst {tol[bad][0].item():.3g}, dtype {dtype}, L={L})")
+
+
+def make_input(shape, dtype, device, layout="contiguous", gen=None, integer=False):
+    """A leaf tensor in the given layout: 'contiguous', 'channels_last' or 'strided'."""
+    if integer:  # small integers: exact in every dtype, to force ties
+        t = torch.randint(-2, 3, shape, generator=gen).to(torch.float64)
+    else:
+        t = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if layout == "strided":
+        big = torch.zeros(shape[:-1] + (2 * shape[-1],), dtype=torch.float64)
+        big[..., ::2] = t
+        t = big.to(device=device, dtype=dtype)[..., ::2]
+    else:
+        t = t.to(device=device, dtype=dtype)
+        if layout == "channels_last":
+            t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(True)
+
+
+@dataclass
+class ConvCase:
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    kw: dict = field(default_factory=dict)  # stride, padding, dilation, groups, activation, pool
+    bias: bool = True
+
+    def __str__(self):
+        extra = ",".join(f"{k}={v}" for k, v in self.kw.items())
+        return f"{self.N}x{self.C}x{self.H}x{self.W}-K{self.K}-{self.R}x{self.S}-b{int(self.bias)}-{extra}"
+
+
+def _grad_lengths(case: ConvCase, y_shape):
+    g = case.kw.get("groups", 1)
+    N, K, PO, QO = y_shape
+    pool = case.kw.get("pool") or 1
+    return {
+        "y": case.C // g * case.R * case.S,
+        "dx": case.K // g * case.R * case.S,
+        "dw": N * PO * QO * pool * pool,
+        "db": N * PO * QO,
+    }
+
+
+def check_conv(backend: str, case: ConvCase, dtype=torch.float32, device="cpu", layout="contiguous",
+               seed=0, integer=False, grads=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = make_input((case.N, case.C, case.H, case.W), dtype, device, layout, gen, integer)
+    g = case.kw.get("groups", 1)
+    w = make_input((case.K, case.C // g, case.R, case.S), dtype, device, "contiguous", gen, integer)
+    b = make_input((case.K,), dtype, device, "contiguous", gen, integer) if case.bias else None
+    with fastconv.use_backend(backend, strict=True):
+        y = fastconv.conv2d(x, w, b, **case.kw)
+    assert y.dtype == dtype and y.device == x.device
+    assert memory_format_of(y) == memory_format_of(x) or y.shape[1] == 1, "output must keep x's memory format"
+    x64, w64 = x.detach().cpu().double().requires_grad_(), w.detach().cpu().double().requires_grad_()
+    b64 = b.detach().cpu().double().requires_grad_() if b is not None else None
+    with fastconv.use_backend("reference"):
+        y64 = fastconv.conv2d(x64, w64, b64, **case.kw)
+    L = _grad_lengths(case, tuple(y64.shape))
+    assert_close("y", y, y64, dtype, L["y"], device)
+    if not grads:
+        return
+    dy = torch.randn(y64.shape, generator=gen, dtype=torch.float64)
+    if integer:
+        dy = dy.round()
+    with fastconv.use_backend(backend, strict=True):
+        y.backward(dy.to(device=device, dtype=dtype).contiguous(memory_format=memory_format_of(y)))
+    y64.backward(dy.to(dtype).double())
+    assert_close("dx", x.grad, x64.grad, dtype, L["dx"], device)
+    assert memory_format_of(x.grad) == memory_format_of(x.detach().contiguous(
+        memory_format=memory_format_of(x))) or case.C == 1, "dx must keep x's memory format"
+    assert_close("dw", w.grad, w64.grad, dtype, L["dw"], device)
+    if b is not None:
+        assert_close("db", b.grad, b64.grad, dtype, L["db"], device)
+
+
+@dataclass
+class PoolCase:
+    N: int
+    C: int
+    H: int
+    W: int
+    kw: dict  # kernel_size, stride, padding, dilation, ceil_mode
+
+    def __str__(self):
+        return f"{self.N}x{self.C}x{self.H}x{self.W}-" + ",".join(f"{k}={v}" for k, v in self.kw.items())
+
+
+def check_pool(backend: str, case: PoolCase, dtype=torch.float32, device="cpu", layout="contiguous",
+               seed=0, integer=False):
+    """Values exactly equal to torch's max_pool2d; gradients routed to the same elements."""
+    gen = torch.Generator().manual_seed(seed)
+    x = make_input((case.N, case.C, case.H, case.W), dtype, device, layout, gen, integer)
+    with fastconv.use_backend(backend, strict=True):
+        y = fastconv.max_pool2d(x, **case.kw)
+    x64 = x.detach().cpu().double().requires_grad_()
+    y64 = torch.nn.functional.max_pool2d(x64, **case.kw)
+    assert_close("y", y, y64, dtype, 1, device)
+    assert memory_format_of(y) == memory_format_of(x.detach().contiguous(memory_format=memory_format_of(x))) \
+        or case.C == 1
+    dy = torch.randn(y64.shape, generator=gen, dtype=torch.float64).to(dtype)
+    with fastconv.use_backend(backend, strict=True):
+        y.backward(dy.to(device))
+    y64.backward(dy.double())
+    k = case.kw.get("kernel_size")
+    k = k if isinstance(k, int) else max(k)
+    s = case.kw.get("stride") or k
+    s = s if isinstance(s, int) else min(s)
+    overlap = -(-k // s) ** 2  # windows that can share an input element
+    assert_close("dx", x.grad, x64.grad, dtype, overlap, device)
+
+
+def check_relu(backend: str, shape, dtype=torch.float32, device="cpu", layout="contiguous", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = make_input(shape, dtype, device, layout, gen)
+    with fastconv.use_backend(backend, strict=True):
+        y = fastconv.relu(x)
+    x64 = x.detach().cpu().double().requires_grad_()
+    y64 = torch.relu(x64)
+    assert_close("y", y, y64, dtype, 1, device)
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    with fastconv.use_backend(backend, strict=True):
+        y.backward(dy.to(device))
+    y64.backward(dy.double())
+    assert_close("dx", x.grad, x64.grad, dtype, 1, device)
+
+
+# Shape cases every backend is held to (tiny: the Triton interpreter runs them too).
+CONV_CASES = [
+    ConvCase(2, 3, 8, 8, 4, 3, 3, dict(padding=1, activation="relu", pool=2)),
+    ConvCase(2, 3, 8, 8, 4, 3, 3, dict(padding=1)),
+    ConvCase(2, 3, 8, 8, 4, 3, 3, dict(padding=1, activation="relu")),
+    ConvCase(2, 3, 8, 8, 4, 3, 3, dict(padding=1, pool=2), bias=False),
+    ConvCase(1, 5, 9, 7, 6, 3, 3, dict(padding=1, activation="relu", pool=2)),           # odd, ragged pool
+    ConvCase(2, 4, 11, 10, 8, 3, 3, dict(padding=(2, 1), stride=2, activation="relu", pool=2)),
+    ConvCase(1, 4, 12, 12, 4, 3, 3, dict(padding=2, dilation=2, activation="relu", pool=3)),
+    ConvCase(2, 8, 7, 9, 6, 3, 3, dict(padding=1, groups=2, activation="relu", pool=2)),
+    ConvCase(2, 6, 8, 8, 6, 3, 3, dict(padding=1, groups=6, activation="relu", pool=2)),  # depthwise
+    ConvCase(1, 4, 8, 8, 8, 1, 1, dict(activation="relu", pool=2)),                       # 1x1
+    ConvCase(1, 3, 9, 9, 4, 4, 4, dict(padding="same", activation="relu", pool=2)),        # asymmetric
+    ConvCase(1, 2, 10, 10, 4, 7, 7, dict(stride=2, padding=3, activation="relu")),         # stem-like
+    ConvCase(1, 16, 6, 6, 8, 3, 3, dict(padding="valid", activation="relu", pool=2)),
+]
+
+POOL_CASES = [
+    PoolCase(2, 3, 8, 8, dict(kernel_size=2)),
+    PoolCase(2, 3, 9, 7, dict(kernel_size=3, stride=2)),
+    PoolCase(1, 4, 9, 9, dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase(1, 2, 10, 9, dict(kernel_size=3, stride=2, ceil_mode=True)),
+    PoolCase(1, 2, 11, 11, dict(kernel_size=(3, 2), stride=(2, 1), dilation=(2, 1))),
+    PoolCase(1, 3, 7, 8, dict(kernel_size=2, stride=1, padding=1, ceil_mode=True)),
+]
