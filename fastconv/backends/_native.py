@@ -16,6 +16,12 @@ def extension_missing() -> str | None:
     return None
 
 
+def kernel_missing(op: str, dispatch_key: str) -> str | None:
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastconv_C::{op}", dispatch_key):
+        return f"the extension has no {dispatch_key} kernel for {op}"
+    return None
+
+
 def _ops():
     return torch.ops.fastconv_C
 

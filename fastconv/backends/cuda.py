@@ -1,14 +1,18 @@
 """The ``cuda`` backend: CUDA C++ kernels in csrc/cuda (direct fused conv, pooling, relu)."""
 from __future__ import annotations
 
+import torch
+
 from .. import _ext
 from ._native import (  # noqa: F401  (the backend's ops)
-    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd)
+    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, kernel_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd)
 
 NAME = "cuda"
 
 
 def available() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
     missing = extension_missing()
     if missing:
         return missing
@@ -23,4 +27,4 @@ def unsupported(op: str, *args) -> str | None:
         return f"it runs on CUDA tensors, got a tensor on {x.device}"
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} is not supported"
-    return None
+    return kernel_missing(op, "CUDA")
