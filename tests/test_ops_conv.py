@@ -1,12 +1,16 @@
 """fastconv.conv2d on the reference backend vs the float64 oracle, plus the op
 contract: gradcheck, opcheck, saved tensors, memory formats, empty batch, NaN."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastconv
 from fastconv import ops
-from oracle import CONV_CASES, ConvCase, check_conv
+from oracle import CONV_CASES, check_conv
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
@@ -140,3 +144,35 @@ def test_autocast_runs_in_autocast_dtype():
         y = fastconv.conv2d(x, w, padding=1, activation="relu", pool=2)
         ref = F.conv2d(x, w, padding=1)
     assert y.dtype == ref.dtype == torch.bfloat16
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 2), G=st.integers(1, 3), cpg=st.integers(1, 3), kpg=st.integers(1, 3),
+       H=st.integers(4, 12), W=st.integers(4, 12), R=st.integers(1, 4), S=st.integers(1, 4),
+       stride=st.integers(1, 3), dilation=st.integers(1, 2), pad=st.sampled_from([0, 1, 2, "same", "valid"]),
+       relu=st.booleans(), pool=st.sampled_from([None, 2, 3]), bias=st.booleans())
+def test_fuzz_public_op_against_unfused_torch(N, G, cpg, kpg, H, W, R, S, stride, dilation, pad, relu, pool, bias):
+    """The ops layer (argument normalization, output sizes, autograd) against torch, float64."""
+    if pad == "same":
+        stride = 1
+    kw = dict(stride=stride, padding=pad, dilation=dilation, groups=G, activation="relu" if relu else None,
+              pool=pool)
+    x = torch.randn(N, G * cpg, H, W, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(G * kpg, cpg, R, S, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(G * kpg, dtype=torch.float64, requires_grad=True) if bias else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on 'same' with even kernels
+            ref = _unfused(x, w, b, **kw)
+    except RuntimeError:  # torch rejects the shape: fastconv must reject it too, with a ValueError
+        with pytest.raises(ValueError):
+            fastconv.conv2d(x, w, b, **kw)
+        return
+    with fastconv.use_backend("reference", strict=True):
+        y = fastconv.conv2d(x, w, b, **kw)
+    torch.testing.assert_close(y, ref)
+    dy = torch.randn_like(ref)
+    got = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], dy)
+    want = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], dy)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
