@@ -71,6 +71,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not suites and not args.layer:
         suites = ["cnn"] if args.device == "cuda" else ["cpu"]
     args.suites = suites
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        ap.error(f"--suite: unknown suite(s) {', '.join(unknown)}; suites are {', '.join(SUITES)}, all")
+    if args.providers:
+        try:
+            providers.check_names(args.providers)
+        except ValueError as e:
+            ap.error(f"--providers: {e}")
+    try:
+        args.layers = layers_of(suites, args.layer)
+    except ValueError as e:
+        ap.error(str(e))
     bad = [p for p in args.passes if p not in PASSES]
     if bad:
         ap.error(f"--passes: unknown pass(es) {', '.join(bad)}; passes are {', '.join(PASSES)}")
@@ -91,7 +103,7 @@ def main(argv=None) -> int:
         providers=providers.check_names(args.providers or providers.default_providers(device)),
         compile_mode=args.compile_mode, target_ms=args.target_ms, warmup_ms=args.warmup_ms,
         budget_s=args.budget_s, seed=args.seed)
-    layers = layers_of(args.suites, args.layer)
+    layers = args.layers
     out = args.out or Path(harness.default_out_dir(device))
     out.mkdir(parents=True, exist_ok=True)
 

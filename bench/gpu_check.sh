@@ -19,7 +19,7 @@
 #   autotable  the table `auto` reads, from the layer results
 #   report     results.md + speedup.png, then the short table, printed last
 #
-# Exactly these files are written to OUTDIR (the GPU machine returns at most 8):
+# Exactly these 8 files are written to OUTDIR (a compact set, no archives, no subfolders):
 #   summary.txt tests.log sanitizer.log results.json results.md speedup.png train.json autotable.json
 # Caches (extension build, Triton, Inductor) live under $FASTCONV_SCRATCH (/tmp/fastconv-gpu-check).
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 450 full, 220 quick).
@@ -193,7 +193,8 @@ layers() {
     "$PY" bench/bench_layers.py --suite cnn,small-c --compile-mode default --target-ms 50 \
       --out "$OUT" --budget-s "$budget"
   else
-    "$PY" bench/bench_layers.py --suite cnn,small-c,airbench,vgg,stem --out "$OUT" --budget-s "$budget"
+    "$PY" bench/bench_layers.py --suite cnn,small-c,airbench,vgg,stem --target-ms 50 \
+      --out "$OUT" --budget-s "$budget"
   fi
 }
 
@@ -263,5 +264,5 @@ fi
 echo "gpu_check: $([ "$FAILED" = 0 ] && echo 'all phases ok' || echo 'SOME PHASES FAILED'); files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 
 exec >&- 2>&-
-wait "$TEE_PID" 2>/dev/null
+for _ in $(seq 100); do kill -0 "$TEE_PID" 2>/dev/null || break; sleep 0.1; done  # let tee finish
 exit "$FAILED"

@@ -261,8 +261,6 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
 
 def environment(device: torch.device) -> dict:
     """Card, versions and date of a run (no extension build is triggered here)."""
-    from fastconv import _ext
-
     try:
         import triton
         triton_version = triton.__version__
@@ -279,7 +277,7 @@ def environment(device: torch.device) -> dict:
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "driver": _driver_version() if device.type == "cuda" else None,
         },
-        "extension": dict(_ext._status) if _ext._tried else None,
+        "extension": extension_state(),
     }
     if device.type == "cuda":
         pr = torch.cuda.get_device_properties(device)
@@ -287,6 +285,13 @@ def environment(device: torch.device) -> dict:
                       "capability": f"{pr.major}.{pr.minor}",
                       "l2_mb": round(getattr(pr, "L2_cache_size", 0) / 2**20, 1)}
     return env
+
+
+def extension_state() -> Optional[dict]:
+    """The extension's build state if something loaded it already (never builds it)."""
+    from fastconv import _ext
+
+    return dict(_ext._status) if _ext._tried else None
 
 
 def _driver_version() -> Optional[str]:
@@ -320,6 +325,7 @@ def run(layers: list[tuple[str, Layer]], cfg: Config, on_progress: Optional[Call
         results["rows"] += run_layer(suite, layer, cfg, results["peaks"], timer, deadline, log)
         add_speedups(results["rows"])
         results["summary"] = summary(results["rows"])
+        results["extension"] = extension_state()
         results["elapsed_s"] = time.perf_counter() - start
         if on_progress:
             on_progress(results)

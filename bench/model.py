@@ -135,7 +135,8 @@ class Layer:
 
     def describe(self) -> str:
         """Short human form: ``256x3x32x32 -> 32, 3x3 s1 p1, relu, pool2``."""
-        parts = [f"{self.N}x{self.C}x{self.H}x{self.W} -> {self.K}", f"{self.R}x{self.S} s{self.stride} p{self.padding}"]
+        parts = [f"{self.N}x{self.C}x{self.H}x{self.W} -> {self.K}",
+                 f"{self.R}x{self.S} s{self.stride} p{self.padding}"]
         if self.dilation > 1:
             parts.append(f"d{self.dilation}")
         if self.groups > 1:

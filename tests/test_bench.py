@@ -329,7 +329,7 @@ def test_gpu_check_script_parses():
 
 @pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
-    """The whole script on the CPU: every phase runs, exactly the 8 files come back."""
+    """The whole script on the CPU: every phase runs and OUTDIR holds exactly its 8 files."""
     env = {**os.environ, "PYTHON": sys.executable, "FASTCONV_EXT": "off"}
     out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "o"), "--dry-run"],
                          capture_output=True, text=True, env=env, timeout=600)
