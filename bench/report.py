@@ -124,10 +124,11 @@ def train_lines(train: Optional[dict]) -> list[str]:
     if not train:
         return []
     c = train.get("config", {})
-    lines = ["", "## Training step", "",
-             f"Reference CNN, batch {c.get('batch')}, {c.get('image_size')}x{c.get('image_size')}x"
-             f"{c.get('in_channels')}, {c.get('precision')}, {c.get('optimizer')}; median of {c.get('steps')} "
-             "steps (wall clock, host overhead included)."]
+    lines = ["", "## Training step"]
+    if c.get("batch"):
+        lines += ["", f"Reference CNN (widths {c.get('widths')}), batch {c['batch']}, {c.get('image_size')}x"
+                      f"{c.get('image_size')}x{c.get('in_channels')}, {c.get('precision')}, {c.get('layout')}, "
+                      f"{c.get('optimizer')}; median of {c.get('steps')} steps (host overhead included)."]
     if train.get("status") != "ok":
         return lines + ["", f"Not measured: {train.get('note')}"]
     lines += ["", "| variant | step ms | images/s | peak memory MB | vs torch eager | note |",
@@ -164,6 +165,18 @@ def markdown(results: dict, train: Optional[dict] = None, plot_name: Optional[st
             cells = [_cell(idx.get((suite, layer, p, pass_))) for p in provs]
             lines.append(f"| {suite} | {layer} | {shapes.get((suite, layer), '')} | "
                          f"{'-' if floor is None else f'{floor:.4f}'} | " + " | ".join(cells) + " |")
+    mem_pass = "fwdbwd" if "fwdbwd" in results["config"]["passes"] else results["config"]["passes"][-1]
+    if any(r.get("peak_mem_mb") is not None for r in results["rows"]):
+        lines += ["", f"## peak memory of one {PASS_TITLE[mem_pass]} (MB above the inputs)", "",
+                  "| suite | layer | " + " | ".join(_label(results, p) for p in provs) + " |",
+                  "|---|---|" + "---|" * len(provs)]
+        for suite, layer in layers:
+            cells = []
+            for p in provs:
+                r = idx.get((suite, layer, p, mem_pass))
+                ok = r is not None and r["status"] == "ok" and r.get("peak_mem_mb") is not None
+                cells.append(f"{r['peak_mem_mb']:.1f}" if ok else "")
+            lines.append(f"| {suite} | {layer} | " + " | ".join(cells) + " |")
     notes = _notes(results)
     if notes:
         lines += ["", "## Not timed", "", *notes]

@@ -212,8 +212,8 @@ def test_summary_geomean_and_min():
 
 def test_report_table_and_markdown(tmp_path):
     rows = [{"suite": "cnn", "layer": "l1", "provider": p, "pass": "fwd", "status": "ok", "median_ms": ms,
-             "floor_ms": 0.1, "roofline_pct": 10.0, "speedup_vs_eager": 1.0 / ms} for p, ms in
-            (("eager", 1.0), ("cuda", 0.5))]
+             "floor_ms": 0.1, "roofline_pct": 10.0, "speedup_vs_eager": 1.0 / ms, "peak_mem_mb": 8 * ms}
+            for p, ms in (("eager", 1.0), ("cuda", 0.5))]
     rows.append({"suite": "cnn", "layer": "l1", "provider": "triton", "pass": "fwd", "status": "skipped",
                  "note": "no triton"})
     res = {"device": "GPU X", "device_type": "cuda", "date": "d", "complete": True,
@@ -224,6 +224,7 @@ def test_report_table_and_markdown(tmp_path):
            "layers": [], "rows": rows, "summary": harness.summary(rows)}
     md = report.markdown(res, {"status": "unavailable", "note": "no model", "config": {}})
     assert "eager (cuDNN)" in md and "0.500 (x2.00, 10%)" in md and "no triton" in md and "no model" in md
+    assert "| cnn | l1 | 8.0 |  | 4.0 |" in md  # peak memory: eager, triton (skipped), cuda
     text = report.table(res)
     assert "x2.00" in text and "skipped" in text
     report.write_all(res, tmp_path)
