@@ -87,7 +87,7 @@ def _header(results: dict) -> list[str]:
         + (", cudnn.benchmark" if cfg.get("cudnn_benchmark") else "")
         + (f", {cfg['threads']} CPU threads" if results.get("device_type") == "cpu" else "")
         + f". Peaks measured in this run: {pk.get('matmul_tflops', 0):.2f} TFLOP/s "
-        f"({pk.get('matmul_dtype')} matmul), {pk.get('copy_gbps', 0):.1f} GB/s (device copy, read + write).",
+        f"({pk.get('matmul_dtype')} matmul), {pk.get('copy_gbps', 0):.1f} GB/s (copy, bytes read + written).",
     ]
     if not results.get("complete", True):
         lines.append("**Partial run**: the run stopped before its last layer.")
