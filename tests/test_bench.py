@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,42 @@ def test_cli_on_a_tiny_layer_writes_results(tmp_path, one_thread):
     assert res["summary"]["geomean_fwd_vs_compile"] is None  # compile was not asked for
     assert "| tiny |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "speedup.png").stat().st_size > 1000
+
+
+class _HostEvent:
+    """torch.cuda.Event stand-in on the host clock: exercises the CUDA timer's bookkeeping."""
+
+    def __init__(self, enable_timing=False):
+        self.t = None
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1e3
+
+
+def test_cuda_timer_bookkeeping(monkeypatch):
+    from bench import timing
+
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: None)
+    seen = []
+    timer = timing.Timer(torch.device("cpu"), target_ms=3.0, warmup_ms=0.5, min_iters=10, max_iters=40,
+                         max_lead_ms=1.0)
+
+    def run(i, state):
+        assert state == ("pre", i)
+        seen.append(i)
+        time.sleep(2e-4)
+
+    t = timer._measure_cuda(run, lambda i: ("pre", i), n_sets=3)
+    assert 10 <= t.n <= 40 and t.n == len(seen) - 5  # 5 estimate iterations first
+    assert seen == [k % 3 for k in range(len(seen))]  # every set in turn
+    assert 0.2 <= t.min_ms <= t.p20_ms <= t.median_ms <= t.p80_ms
 
 
 def test_unavailable_backend_is_skipped_with_reason(one_thread):
