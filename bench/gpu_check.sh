@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# The one-shot GPU check of fastconv: everything that needs a GPU, in one short run.
+#
+#   bench/gpu_check.sh OUTDIR            # full run, under 8 minutes on an H100
+#   bench/gpu_check.sh OUTDIR --quick    # under 4 minutes: cnn + small-c, default torch.compile
+#   bench/gpu_check.sh OUTDIR --dry-run  # no GPU: every phase on the CPU with tiny shapes
+#                                        # (also when FASTCONV_BENCH_DEVICE=cpu)
+#
+# Phases, in order, each under `timeout` so that one hang cannot eat the run, and each
+# run even when an earlier one failed (the exit status is 1 if any failed):
+#   env        nvidia-smi, versions (the extension is not built yet)
+#   build      the extension, just in time, timed
+#   tests      every GPU-marked test (pytest -m gpu), failures listed
+#   smoke      bench/kernel_smoke.py: each CUDA and Triton kernel once, checked vs float64
+#   memcheck   the same under compute-sanitizer memcheck (CUDA, then Triton)
+#   racecheck  the CUDA kernels under compute-sanitizer racecheck (full run only)
+#   layers     bench/bench_layers.py: suites x providers (fastconv, eager cuDNN, torch.compile)
+#   train      bench/bench_train.py: the reference CNN's training step
+#   autotable  the table `auto` reads, from the layer results
+#   report     results.md + speedup.png, then the short table, printed last
+#
+# Exactly these 8 files are written to OUTDIR (a compact set, no archives, no subfolders):
+#   summary.txt tests.log sanitizer.log results.json results.md speedup.png train.json autotable.json
+# Caches (extension build, Triton, Inductor) live under $FASTCONV_SCRATCH (/tmp/fastconv-gpu-check).
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 450 full, 220 quick).
+set -u -o pipefail
+
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+
+OUT="" MODE=full DRY=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) MODE=quick ;;
+    --dry-run) DRY=1 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $arg" >&2; usage >&2; exit 2 ;;
+    *) if [ -n "$OUT" ]; then echo "gpu_check.sh: one OUTDIR only" >&2; exit 2; fi; OUT=$arg ;;
+  esac
+done
+if [ -z "$OUT" ]; then usage >&2; exit 2; fi
+if [ "${FASTCONV_BENCH_DEVICE:-}" = cpu ]; then DRY=1; fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 2
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
+FILES=(summary.txt tests.log sanitizer.log results.json results.md speedup.png train.json autotable.json)
+(cd "$OUT" && rm -f "${FILES[@]}" ./*.tmp)
+PY=${PYTHON:-python3}
+
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+if [ "$DRY" = 0 ]; then
+  SCRATCH=${FASTCONV_SCRATCH:-/tmp/fastconv-gpu-check}
+  export FASTCONV_CACHE_DIR=${FASTCONV_CACHE_DIR:-$SCRATCH/ext}
+  export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$SCRATCH/inductor}
+  export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$SCRATCH/triton}
+  mkdir -p "$FASTCONV_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR" "$TRITON_CACHE_DIR"
+else
+  export FASTCONV_BENCH_DEVICE=cpu
+fi
+
+if [ "$MODE" = quick ]; then BUDGET=${GPU_CHECK_BUDGET_S:-220}; else BUDGET=${GPU_CHECK_BUDGET_S:-450}; fi
+
+exec > >(tee -a "$OUT/summary.txt") 2>&1
+TEE_PID=$!
+
+T0=$SECONDS
+STATUS=()
+FAILED=0
+
+# limit CAP RESERVE: seconds a phase may take: at most CAP, leaving RESERVE for the later ones
+limit() {
+  local left=$(( BUDGET - (SECONDS - T0) - $2 ))
+  (( left < 20 )) && left=20
+  (( left < $1 )) && echo "$left" || echo "$1"
+}
+
+# phase NAME CAP RESERVE CMD...: run CMD (a command or a function below) under timeout,
+# record its status
+phase() {
+  local name=$1 lim rc start=$SECONDS
+  lim=$(limit "$2" "$3")
+  shift 3
+  echo
+  echo "=== $name (limit ${lim}s, at $(( SECONDS - T0 ))s)"
+  PHASE_LIMIT=$lim timeout -k 10 "$lim" bash -c '"$@"' "$name" "$@"
+  rc=$?
+  local took=$(( SECONDS - start )) word=ok
+  if (( rc == 124 || rc == 137 )); then word="TIMEOUT after ${took}s"; FAILED=1
+  elif (( rc != 0 )); then word="FAILED (exit $rc)"; FAILED=1; fi
+  STATUS+=("$(printf '%-16s %-24s %4ss' "$name" "$word" "$took")")
+  echo "--- $name: $word in ${took}s"
+  return $rc
+}
+
+# ------------------------------------------------------------------------------ phases
+
+env_report() {
+  echo "gpu_check.sh $MODE$([ "$DRY" = 1 ] && echo ' (dry run, CPU)') in $ROOT, $(date -u +%FT%TZ)"
+  echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)')"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
+      --format=csv,noheader
+  else
+    echo "nvidia-smi: not found"
+  fi
+  echo "nvcc: $(command -v nvcc >/dev/null && nvcc --version | grep -o 'release [0-9.]*' || echo 'not found')"
+  echo "compute-sanitizer: $(sanitizer >/dev/null && "$(sanitizer)" --version | grep -m1 -o 'Version .*' || echo 'not found')"
+  echo "python: $(command -v "$PY")"
+  FASTCONV_EXT=off "$PY" -m fastconv info
+}
+
+sanitizer() {
+  if command -v compute-sanitizer >/dev/null; then command -v compute-sanitizer; return 0; fi
+  local c
+  for c in /usr/local/cuda/bin/compute-sanitizer "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/y)")/compute-sanitizer"; do
+    if [ -x "$c" ]; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+
+build() {
+  if [ "${FASTCONV_EXT:-}" = off ]; then
+    echo "extension: not built (FASTCONV_EXT=off)"
+    "$PY" -m fastconv info
+    return 0
+  fi
+  "$PY" - "$DRY" <<'EOF'
+import sys, time
+t0 = time.time()
+from fastconv import _ext
+ok = _ext.load()
+st = _ext.status()
+print(f"extension: {'built' if ok else 'NOT built'} in {time.time() - t0:.1f} s, mode {st['mode']}, "
+      f"CUDA kernels {'in' if st['cuda_kernels'] else 'NOT in'}: {st['path'] or st['error']}")
+need_cuda = sys.argv[1] == "0"
+sys.exit(0 if ok and (st["cuda_kernels"] or not need_cuda) else 1)
+EOF
+  local rc=$?
+  "$PY" -m fastconv info
+  return $rc
+}
+
+gpu_tests() {
+  local args=(-m "$1" -q -rf -p no:cacheprovider)
+  if "$PY" -c "import pytest_timeout" 2>/dev/null; then args+=(--timeout=120); fi
+  if [ "$DRY" = 0 ] && "$PY" -c "import xdist" 2>/dev/null; then args+=(-n 4); fi
+  echo "pytest ${args[*]}  (log: tests.log)"
+  "$PY" -m pytest "${args[@]}" >"$OUT/tests.log" 2>&1
+  local rc=$?
+  # rc 5: no test was collected (nothing GPU-marked yet), not a failure
+  if (( rc == 5 )); then echo "no GPU-marked tests collected"; rc=0; fi
+  tail -n 25 "$OUT/tests.log"
+  return $rc
+}
+
+# Triton's autotuning results are cached on disk only for the smoke run and the sanitizer runs
+# after it (the same small shapes), so that kernels are not re-tuned under the sanitizer; the
+# tests (4 processes sharing the GPU) and the benchmarks tune for themselves.
+smoke() {
+  TRITON_CACHE_AUTOTUNING=1 "$PY" bench/kernel_smoke.py "$@" 2>&1 | grep -v -e UserWarning -e 'warnings.warn'
+  return "${PIPESTATUS[0]}"
+}
+
+# sanitize TOOL BACKENDS: compute-sanitizer TOOL on the kernel smoke run of BACKENDS
+sanitize() {
+  local tool=$1 backends=$2 cs rc=0 seen
+  seen=$(cat "$OUT/sanitizer.log" 2>/dev/null | wc -l)
+  {
+    echo "===== compute-sanitizer --tool $tool: bench/kernel_smoke.py --backends $backends"
+    if [ "$DRY" = 1 ]; then
+      echo "===== dry run: compute-sanitizer is not run"
+    elif ! cs=$(sanitizer); then
+      echo "===== compute-sanitizer not found"
+      rc=1
+    else
+      # no caching allocator: every tensor is its own allocation, so an overrun is caught
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 TRITON_CACHE_AUTOTUNING=1 timeout -k 5 $(( PHASE_LIMIT - 5 )) "$cs" --tool "$tool" \
+        --error-exitcode 99 --print-limit 20 "$PY" bench/kernel_smoke.py --backends "$backends"
+      rc=$?
+      echo "===== exit $rc"
+    fi
+  } >>"$OUT/sanitizer.log" 2>&1
+  tail -n +$(( seen + 1 )) "$OUT/sanitizer.log" \
+    | grep -E '^(kernel smoke|=====|=========.*(ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race|Hazard))' | tail -n 8
+  return $rc
+}
+
+layers() {
+  local budget=$(( PHASE_LIMIT - 30 ))
+  (( budget < 10 )) && budget=10
+  if [ "$DRY" = 1 ]; then
+    "$PY" bench/bench_layers.py --device cpu --suite tiny --providers reference,cpu,auto,eager \
+      --target-ms 5 --warmup-ms 2 --threads 1 --out "$OUT" --budget-s "$budget"
+  elif [ "$MODE" = quick ]; then
+    "$PY" bench/bench_layers.py --suite cnn,small-c --compile-mode default --target-ms 50 \
+      --out "$OUT" --budget-s "$budget"
+  else
+    "$PY" bench/bench_layers.py --suite cnn,small-c,airbench,vgg,stem --target-ms 50 \
+      --out "$OUT" --budget-s "$budget"
+  fi
+}
+
+train() {
+  if [ "$DRY" = 1 ]; then
+    "$PY" bench/bench_train.py --device cpu --batch 8 --warmup 1 --steps 3 --threads 1 \
+      --variants fastconv,torch-eager --out "$OUT/train.json"
+  elif [ "$MODE" = quick ]; then
+    "$PY" bench/bench_train.py --compile-mode default --steps 20 --out "$OUT/train.json"
+  else
+    "$PY" bench/bench_train.py --out "$OUT/train.json"
+  fi
+}
+
+# ------------------------------------------------------------------------------ the run
+
+export -f env_report sanitizer build gpu_tests smoke sanitize layers train
+export OUT PY DRY MODE ROOT
+
+if [ "$MODE" = quick ]; then TESTS_MARK="gpu and not slow"; else TESTS_MARK="gpu"; fi
+SMOKE_ARGS=(--backends cuda,triton)
+if [ "$MODE" = quick ]; then SMOKE_ARGS+=(--dtypes bf16); fi
+if [ "$DRY" = 1 ]; then SMOKE_ARGS=(--device cpu --backends reference,cpu); fi
+
+# Each phase gets at most CAP seconds and leaves RESERVE of the budget to the phases after
+# it, but never less than 20 s: a slow build squeezes the later phases, it is not cut short.
+#      name            cap reserve
+phase env               30 400 env_report
+if [ "$MODE" = quick ]; then
+  phase build          240 100 build
+else
+  phase build          240 200 build
+fi
+if (( $? != 0 )); then
+  echo "the extension is unusable: later phases run with FASTCONV_EXT=off (no rebuild attempts)"
+  export FASTCONV_EXT=off
+fi
+if [ "$MODE" = quick ]; then
+  phase tests           75  90 gpu_tests "$TESTS_MARK"
+  phase smoke           30  75 smoke "${SMOKE_ARGS[@]}"
+  phase memcheck        50  50 sanitize memcheck cuda,triton
+  phase layers          80  30 layers
+  phase train           45   5 train
+else
+  phase tests          150 185 gpu_tests "$TESTS_MARK"
+  phase smoke           60 165 smoke "${SMOKE_ARGS[@]}"
+  phase memcheck-cuda   60 145 sanitize memcheck cuda
+  phase memcheck-triton 75 120 sanitize memcheck triton
+  phase racecheck-cuda  60 100 sanitize racecheck cuda
+  phase layers         220  40 layers
+  phase train           90  10 train
+fi
+if [ -f "$OUT/results.json" ]; then
+  phase autotable  20   5 "$PY" bench/autotable.py "$OUT/results.json" --out "$OUT/autotable.json"
+else
+  echo "no results.json: no auto table"
+fi
+rm -f "$OUT"/*.tmp
+
+echo
+echo "=== phases (total $(( SECONDS - T0 ))s, budget ${BUDGET}s)"
+printf '%s\n' "${STATUS[@]}"
+echo
+if [ -f "$OUT/results.json" ] || [ -f "$OUT/train.json" ]; then
+  timeout -k 5 60 "$PY" bench/report.py "$OUT" || FAILED=1
+fi
+echo "gpu_check: $([ "$FAILED" = 0 ] && echo 'all phases ok' || echo 'SOME PHASES FAILED'); files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+
+exec >&- 2>&-
+for _ in $(seq 100); do kill -0 "$TEE_PID" 2>/dev/null || break; sleep 0.1; done  # let tee finish
+exit "$FAILED"
