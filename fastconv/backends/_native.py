@@ -16,6 +16,15 @@ def extension_missing() -> str | None:
     return None
 
 
+def kernel_missing(op: str, device_type: str) -> str | None:
+    """Why ``fastconv_C::op`` has no kernel for ``device_type`` ('cpu' or 'cuda') in the loaded
+    extension, or None: a build can define every schema before each device has every kernel."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastconv_C::{op}", key):
+        return f"the extension has no {key} kernel for {op}"
+    return None
+
+
 def _ops():
     return torch.ops.fastconv_C
 

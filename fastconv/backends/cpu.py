@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ._native import (  # noqa: F401  (the backend's ops)
-    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd)
+    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, kernel_missing, max_pool2d_bwd, max_pool2d_fwd,
+    relu_bwd, relu_fwd)
 
 NAME = "cpu"
 
@@ -17,4 +18,4 @@ def unsupported(op: str, *args) -> str | None:
         return f"it runs on CPU tensors, got a tensor on {x.device}"
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} is not supported"
-    return None
+    return kernel_missing(op, "cpu")
