@@ -23,9 +23,12 @@ Result:
 
 * traced: an ``fx.GraphModule`` named like the model's class, whose module tree,
   parameters and buffers are the model's, in the same order: ``state_dict`` keys equal
-  the original's, so checkpoints load both ways. A ReLU or pool module whose every
-  call was fused into a conv is replaced by ``nn.Identity`` (calling a submodule
-  directly, e.g. ``model.features(x)``, stays correct).
+  the original's, so checkpoints load both ways. Its ``forward`` is the converted
+  model. A ReLU or pool module whose every call was fused into a conv is replaced by
+  ``nn.Identity``, so a ``Sequential`` of modules (``model.features(x)``) still
+  computes its own function when called on its own; a custom submodule whose
+  ``forward`` applies ``F.relu`` / ``F.max_pool2d`` after a fused conv does not (its
+  code is not rewritten, only the whole model's graph is).
 * not traceable (data-dependent control flow, ...): the model's own class with every
   supported leaf swapped one for one and no fusion; a warning says why.
 * ``fuse=False``: the model's own class with leaves swapped one for one.
