@@ -45,7 +45,7 @@ def load(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot load checkpoint {path} ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict) or "model" not in obj or "epoch" not in obj:
+    if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not a fastconv train checkpoint")
     return obj
 

@@ -228,6 +228,9 @@ def _without(argv: list[str], flag: str, takes_value: bool) -> list[str]:
 def _compare(argv: list[str], cfg: TrainConfig, summary: str | None) -> int:
     """One child process per layer kind, so that each one's peak memory is its own."""
     base = _without(_without(_without(argv, "--compare", False), "--summary", True), "--checkpoint-dir", True)
+    # the children import this fastconv, installed or not
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for layers in LAYERS:
@@ -235,7 +238,7 @@ def _compare(argv: list[str], cfg: TrainConfig, summary: str | None) -> int:
             if cfg.checkpoint_dir:
                 child += ["--checkpoint-dir", str(Path(cfg.checkpoint_dir) / layers)]
             print(f"--- {layers} layers", flush=True)
-            rc = subprocess.call([sys.executable, "-m", "fastconv.train", *child])
+            rc = subprocess.call([sys.executable, "-m", "fastconv.train", *child], env=env)
             if rc != 0:
                 print(f"fastconv train --compare: the {layers} run failed (exit status {rc})", file=sys.stderr)
                 return rc
