@@ -29,8 +29,10 @@ Result:
   computes its own function when called on its own; a custom submodule whose
   ``forward`` applies ``F.relu`` / ``F.max_pool2d`` after a fused conv does not (its
   code is not rewritten, only the whole model's graph is).
-* not traceable (data-dependent control flow, ...): the model's own class with every
-  supported leaf swapped one for one and no fusion; a warning says why.
+* not traceable (data-dependent control flow, ...), or a forward that switches grad /
+  autocast mode (``with torch.no_grad():``, which a graph does not record): the
+  model's own class with every supported leaf swapped one for one and no fusion; a
+  warning says why.
 * ``fuse=False``: the model's own class with leaves swapped one for one.
 
 Parameters and buffers are shared with the given model, never copied. With
@@ -103,8 +105,7 @@ def _why_not(m: nn.Module) -> Optional[str]:
         w = m._parameters.get("weight")
         if not isinstance(w, nn.Parameter) or isinstance(w, nn.parameter.UninitializedParameter):
             return "its weight is not an initialized Parameter"
-        if not w.is_floating_point() or w.dtype not in (torch.float16, torch.bfloat16, torch.float32,
-                                                        torch.float64):
+        if w.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             return f"dtype {w.dtype} is not supported"
         return None
     if isinstance(m, nn.ReLU):
@@ -261,10 +262,24 @@ def _fusion_site(conv: fx.Node, m: nn.Conv2d, modules: dict) -> _Site:
 
 
 class _Tracer(fx.Tracer):
-    """Traces through user modules but keeps every conv, ReLU and max-pool as one call."""
+    """Traces through user modules but keeps every conv, ReLU and max-pool as one call.
+
+    It also notes the grad / inference / autocast mode at each recorded op: an fx graph
+    does not record ``with torch.no_grad():`` and the like, so a forward that switches
+    modes cannot be replaced by its graph.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.modes: set = set()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d)) or super().is_leaf_module(m, qualname)
+
+    def create_node(self, *args, **kwargs):
+        self.modes.add((torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+                        torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda")))
+        return super().create_node(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- convert
@@ -288,8 +303,12 @@ def convert(model: nn.Module, fuse: bool = True, inplace: bool = False) -> nn.Mo
     elif not fuse:
         out = _swap_leaves(work, {}, replacements)
     else:
+        tracer = _Tracer()
         try:
-            graph = _Tracer().trace(work)
+            graph = tracer.trace(work)
+            if len(tracer.modes) > 1:
+                raise RuntimeError("forward switches grad, inference or autocast mode (torch.no_grad(), "
+                                   "torch.autocast(), ...), which an fx graph does not record")
         except Exception as e:  # any tracing failure: fx raises TraceError, TypeError, ...
             why = (str(e).strip().splitlines() or [""])[0]
             log.warning("fastconv.convert: torch.fx cannot trace %s (%s: %s); swapping supported layers one "
