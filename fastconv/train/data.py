@@ -98,8 +98,11 @@ def _directory(data_dir) -> Path:
 
 def digits(val_fraction: float = 0.2) -> ImageData:
     """sklearn's digits; each class split 80/20 by a fixed permutation (the same every run)."""
-    from sklearn.datasets import load_digits
-
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the digits data set comes with scikit-learn, which is not installed "
+                        "(pip install scikit-learn, or fastconv[train])") from None
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1)  # [1797, 1, 8, 8], values 0..16
     y = torch.tensor(d.target, dtype=torch.int64)

@@ -475,7 +475,10 @@ class _Run:
 def _bar(cfg: TrainConfig, world: World, epoch: int, total: int, initial: int):
     if cfg.quiet or not world.main or not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are optional (pip install tqdm)
+        return None
 
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                 leave=False, dynamic_ncols=True)
