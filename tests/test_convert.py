@@ -306,3 +306,14 @@ def test_modules_with_hooks_are_left_alone():
 def test_rejects_a_non_module():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fastconv.convert(lambda x: x)
+
+
+@pytest.mark.gpu
+def test_convert_on_cuda():
+    torch.manual_seed(0)
+    model = ReferenceCNN(3, 10, 32, layers="torch").cuda()
+    conv = fastconv.convert(model)
+    assert conv.conv1.weight.is_cuda and conv.conv1.weight is model.conv1.weight
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        torch.testing.assert_close(conv(x), model(x), rtol=1e-4, atol=1e-4)

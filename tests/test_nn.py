@@ -255,3 +255,26 @@ def test_compile_fullgraph_no_graph_break():
 def test_public_exports():
     assert fastconv.nn is fnn
     assert set(fnn.__all__) == {"Conv2d", "Conv2dReLU", "Conv2dReLUMaxPool2d", "ReLU", "MaxPool2d"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_layers_on_cuda_match_torch(layout):
+    torch.manual_seed(0)
+    fast = fnn.Conv2dReLUMaxPool2d(16, 32, 3, padding=1).cuda()
+    ref = nn.Conv2d(16, 32, 3, padding=1).cuda()
+    ref.load_state_dict(fast.state_dict())
+    pool = fnn.MaxPool2d(3, 2, padding=1)
+    x = torch.randn(4, 16, 20, 20, device="cuda").contiguous(memory_format=layout)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        ya = pool(fast(a))
+        yb = F.max_pool2d(F.max_pool2d(F.relu(ref(b)), 2), 3, 2, 1)
+        torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+        assert ya.is_contiguous(memory_format=layout)
+        dy = torch.randn_like(yb)
+        ya.backward(dy)
+        yb.backward(dy)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-3, atol=1e-3)

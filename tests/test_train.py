@@ -422,3 +422,16 @@ def test_torchrun_cli(tmp_path):
     s = _summary(summary)
     assert s["world_size"] == 2 and s["epochs_completed"] == 1
     assert (tmp_path / "ck" / "last.pt").is_file()
+
+
+@pytest.mark.gpu
+def test_cuda_run_bf16_channels_last(tmp_path):
+    summary = tmp_path / "s.json"
+    assert main(QUICK + ["--device", "cuda", "--amp", "bf16", "--channels-last", "--data", "synthetic",
+                         "--image-size", "32", "--samples", "256", "--summary", str(summary),
+                         "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    s = _summary(summary)
+    assert s["device"].startswith("cuda") and s["peak_memory_kind"] == "cuda_max_allocated"
+    assert s["backend"] in ("triton", "cuda", "reference") and s["peak_memory_bytes"] > 0
+    assert main(QUICK + ["--device", "cuda", "--data", "synthetic", "--image-size", "32", "--samples", "256",
+                         "--epochs", "2", "--checkpoint-dir", str(tmp_path / "ck"), "--resume"]) == 0
