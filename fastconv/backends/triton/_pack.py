@@ -63,7 +63,3 @@ def packed_weight(w: torch.Tensor) -> torch.Tensor:
         _cache[key] = _Entry(ref, stamp, packed)
     return packed
 
-
-def cached_count() -> int:
-    """How many packed weights are held (for tests)."""
-    return len(_cache)

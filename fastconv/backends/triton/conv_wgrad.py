@@ -53,7 +53,7 @@ def _conv_wgrad_kernel(
     str_h, str_w, pad_h, pad_w, dil_h, dil_w,
     sdn, sdk, sdh, sdw, sxn, sxc, sxh, sxw,
     # Meta-parameters
-    POOL: tl.constexpr, RELU: tl.constexpr, ATOMIC: tl.constexpr,
+    POOL: tl.constexpr, RELU: tl.constexpr, ATOMIC: tl.constexpr, ONE_TAP: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -68,11 +68,16 @@ def _conv_wgrad_kernel(
     # rows of dw: output channels of group g
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_ok = k < Kg
-    # columns of dw: flattened (r*S + s)*Cg + c
+    # columns of dw: flattened (r*S + s)*Cg + c; with ONE_TAP (Cg % BLOCK_N == 0) the tile is
+    # one tap (r, s) and BLOCK_N channels, so the padding mask depends on the row only
     col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = col < RSC
-    c = col % Cg
-    rs = col // Cg
+    if ONE_TAP:
+        c = (pid_n * BLOCK_N) % Cg + tl.arange(0, BLOCK_N)
+        rs = (pid_n * BLOCK_N) // Cg
+    else:
+        c = col % Cg
+        rs = col // Cg
     r_dil = (rs // S) * dil_h
     s_dil = (rs % S) * dil_w
     x_cols = (g * Cg + c) * sxc + r_dil * sxh + s_dil * sxw
@@ -88,10 +93,17 @@ def _conv_wgrad_kernel(
         ow = npq % QQ
         a = load_dc(dy_ptr, y_ptr, idx_ptr, n, oh, ow, g * Kg + k, r_ok, k_ok,
                     PO, QO, sdn, sdk, sdh, sdw, POOL, RELU)  # [BLOCK_K, BLOCK_M]
-        ih = (oh * str_h - pad_h)[:, None] + r_dil[None, :]
-        iw = (ow * str_w - pad_w)[:, None] + s_dil[None, :]
-        b_ok = r_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_rows = n.to(tl.int64) * sxn + (oh * str_h - pad_h) * sxh + (ow * str_w - pad_w) * sxw
+        ih0 = oh * str_h - pad_h
+        iw0 = ow * str_w - pad_w
+        if ONE_TAP:
+            ih = ih0 + r_dil
+            iw = iw0 + s_dil
+            b_ok = (r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & col_ok[None, :]
+        else:
+            ih = ih0[:, None] + r_dil[None, :]
+            iw = iw0[:, None] + s_dil[None, :]
+            b_ok = r_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_rows = n.to(tl.int64) * sxn + ih0 * sxh + iw0 * sxw
         b = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :], mask=b_ok, other=0.0)
         acc = mma(tl.trans(a), b, acc, PRECISION, UPCAST)
 
@@ -176,7 +188,8 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
             dyk, saved[0], saved[1], xk, dw_acc,
             H, W, PO, QO, PP, QQ, NPQ, chunk, Cg, Kg, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
-            *strides4(dyk), *strides4(xk), ATOMIC=split > 1, **args, **cfg)
+            *strides4(dyk), *strides4(xk), ATOMIC=split > 1, ONE_TAP=Cg % cfg["BLOCK_N"] == 0,
+            **args, **cfg)
 
     with device_guard(x):
         run(_tune.choose("conv_wgrad", key, cfgs, run, x.device))
