@@ -108,7 +108,7 @@ def test_conv_nan_and_inf_propagate_like_reference():
                 y.backward(dy.float().to(DEV))
             out[name] = (y, xx.grad, ww.grad, bb.grad)
         for what, a, e in zip(("y", "dx", "dw", "db"), out["triton"], out["reference"]):
-            assert_close(f"{what} relu={relu}", a, e, torch.float32, 128)
+            assert_close(f"{what} relu={relu}", a, e, torch.float32, 128, DEV)
 
 
 def test_conv_empty_batch_strict():
@@ -133,7 +133,7 @@ def test_conv_gradient_subsets():
     w2 = w.detach().double().cpu().requires_grad_()
     with fastconv.use_backend("reference"):
         fastconv.conv2d(x.double().cpu(), w2, b.double().cpu(), **case.kw).sum().backward()
-    assert_close("dw", w.grad, w2.grad, torch.float32, 128)
+    assert_close("dw", w.grad, w2.grad, torch.float32, 128, DEV)
 
 
 # --------------------------------------------------------------------------- max_pool2d, relu
@@ -206,7 +206,7 @@ def test_relu_nan_and_zero():
 
 
 def test_unsupported_reasons_are_clear(monkeypatch):
-    x64 = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    x64 = torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEV)
     assert "float64 is not supported" in triton_backend.unsupported("relu_fwd", x64)
     with fastconv.use_backend("triton", strict=True):
         with pytest.raises(fastconv.BackendUnsupportedError, match="float64 is not supported"):
@@ -313,7 +313,7 @@ def test_weight_update_between_calls_is_seen():
         with torch.no_grad():
             w.mul_(-2.0)
         y = fastconv.conv2d(x, w, padding=1)
-    assert_close("y", y, F.conv2d(x.cpu().double(), w.cpu().double(), padding=1), torch.float32, 27)
+    assert_close("y", y, F.conv2d(x.cpu().double(), w.cpu().double(), padding=1), torch.float32, 27, DEV)
 
 
 def test_compile_fullgraph_runs_triton_kernels():
@@ -332,9 +332,9 @@ def test_compile_fullgraph_runs_triton_kernels():
     with fastconv.use_backend("reference"):
         ref = f(x2, w2)
         ref.sum().backward()
-    assert_close("y", out, ref, torch.float32, 27)
-    assert_close("dx", x.grad, x2.grad, torch.float32, 36)
-    assert_close("dw", w.grad, w2.grad, torch.float32, 128)
+    assert_close("y", out, ref, torch.float32, 27, DEV)
+    assert_close("dx", x.grad, x2.grad, torch.float32, 36, DEV)
+    assert_close("dw", w.grad, w2.grad, torch.float32, 128, DEV)
 
 
 # --------------------------------------------------------------------------- GPU only
