@@ -23,6 +23,7 @@ import triton
 from ._common import INTERPRET
 
 SMEM_BUDGET = 192 * 1024
+GATHER_TILE = 64 * 32
 
 # The tunable keys of each kernel (FASTCONV_TRITON_CONFIG may set these).
 KEYS = {
@@ -57,15 +58,28 @@ def _cfg(bm, bn, bk=None, warps=4, stages=None) -> dict:
     return c
 
 
-def _gemm_prune(cands, m_max, n_max, k_max, esize, one_by_one, m_min=16):
-    """Clamp each (BM, BN, BK, warps, stages) to the problem, drop what does not fit, dedupe."""
+def _gemm_prune(cands, m_max, n_max, k_max, esize, one_by_one, m_min=16, gather=None, a_size=None):
+    """Clamp each (BM, BN, BK, warps, stages) to the problem, drop what does not fit, dedupe.
+
+    esize: bytes per element of the operands; a_size: bytes the A tile loads per element
+    when that is more (the unpool prologue reads dy, y and idx).
+
+    gather: 'A' or 'B' when that operand is an element-wise gather (a 64-bit pointer per
+    element, no cp.async pipelining): its tile is kept at GATHER_TILE elements so that the
+    kernel does not spill registers at num_warps=4 (checked with _compile_check on sm_90).
+    """
     out, seen = [], set()
     for bm, bn, bk, warps, stages in cands:
         bm = max(m_min, min(bm, _p2(m_max, m_min)))
         bn, bk = min(bn, _p2(n_max)), min(bk, _p2(k_max))
         if warps > 4 and not one_by_one:
             continue
-        if stages * (bm * bk + bk * bn) * esize > SMEM_BUDGET:
+        if gather == "A":
+            bk = max(16, min(bk, GATHER_TILE // bm))
+            bm = max(m_min, min(bm, GATHER_TILE // bk))
+        elif gather == "B":
+            bk = max(16, min(bk, GATHER_TILE // bn))
+        if stages * (bm * bk * (a_size or esize) + bk * bn * esize) > SMEM_BUDGET:
             continue
         c = _cfg(bm, bn, bk, warps, stages)
         key = tuple(c.values())
@@ -87,27 +101,43 @@ _GEMM_CANDIDATES = [
 ]
 
 
-def conv_fwd_configs(M: int, Kg: int, red_k: int, kk: int, esize: int, one_by_one: bool) -> list[dict]:
+def conv_fwd_configs(M: int, Kg: int, red_k: int, kk: int, esize: int, one_by_one: bool,
+                     flat: bool = False) -> list[dict]:
     """Implicit-GEMM forward: M rows (window-ordered output pixels), Kg columns,
-    reduction blocks over red_k (Cg for channel blocks, R*S*Cg when flattened);
+    reduction blocks over red_k (Cg for channel blocks, R*S*Cg when flat, a gather);
     BLOCK_M is at least the window rows kk."""
     if INTERPRET:
         return [_cfg(max(128, kk), _p2(Kg, hi=64), _p2(red_k, hi=128), 4, 1)]
-    return _gemm_prune(_GEMM_CANDIDATES, M, Kg, red_k, esize, one_by_one, m_min=max(16, kk))
+    return _gemm_prune(_GEMM_CANDIDATES, M, Kg, red_k, esize, one_by_one, m_min=max(16, kk),
+                       gather="A" if flat else None)
 
 
-def conv_dgrad_configs(M: int, Cg: int, Kg: int, esize: int, one_by_one: bool) -> list[dict]:
-    """Implicit-GEMM dgrad: M input pixels of one stride phase, Cg columns, reduction over Kg per tap."""
+def dc_bytes(esize: int, relu: bool, pool: int) -> int:
+    """Bytes the unpool prologue reads per conv-output-gradient element: dy, y (relu), idx (pool)."""
+    return esize * (2 if relu else 1) + (1 if pool > 1 else 0)
+
+
+def conv_dgrad_configs(M: int, Cg: int, Kg: int, esize: int, one_by_one: bool, a_size: int = 0) -> list[dict]:
+    """Implicit-GEMM dgrad: M input pixels of one stride phase, Cg columns, reduction over Kg per tap;
+    a_size = dc_bytes(...) of the A operand."""
     if INTERPRET:
         return [_cfg(128, _p2(Cg, hi=64), _p2(Kg, hi=64), 4, 1)]
-    return _gemm_prune(_GEMM_CANDIDATES, M, Cg, Kg, esize, one_by_one)
+    return _gemm_prune(_GEMM_CANDIDATES, M, Cg, Kg, esize, one_by_one, a_size=a_size)
 
 
-def conv_wgrad_configs(Kg: int, RSC: int, NPQ: int, esize: int, one_by_one: bool) -> list[dict]:
-    """Implicit-GEMM wgrad: Kg rows, R*S*Cg columns, reduction (split-K) over N*P*Q."""
+def conv_wgrad_configs(Kg: int, RSC: int, NPQ: int, esize: int, one_by_one: bool, Cg: int = 1,
+                       a_size: int = 0) -> list[dict]:
+    """Implicit-GEMM wgrad: Kg rows, R*S*Cg columns, reduction (split-K) over N*P*Q.
+
+    When Cg is a multiple of 16, BLOCK_N divides Cg, so each column tile is one filter tap
+    (the kernel's ONE_TAP path: contiguous channel loads, row masks); else the x operand
+    is a gather and its tile is kept small."""
     if INTERPRET:
         return [_cfg(_p2(Kg, hi=64), _p2(RSC, hi=128), 128, 4, 1)]
-    return _gemm_prune(_GEMM_CANDIDATES, Kg, RSC, NPQ, esize, one_by_one)
+    tap_cols = Cg & -Cg  # the largest power of two dividing Cg
+    if tap_cols >= 16:
+        return _gemm_prune(_GEMM_CANDIDATES, Kg, min(RSC, tap_cols), NPQ, esize, one_by_one, a_size=a_size)
+    return _gemm_prune(_GEMM_CANDIDATES, Kg, RSC, NPQ, esize, one_by_one, gather="B", a_size=a_size)
 
 
 def depthwise_configs(kernel: str, C: int, kk: int = 1) -> list[dict]:

@@ -39,7 +39,7 @@ from ..._params import ConvParams
 from . import _tune
 from ._common import device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4, upcast_dot
 from ._pack import packed_weight
-from .configs import conv_dgrad_configs
+from .configs import conv_dgrad_configs, dc_bytes
 
 
 @triton.jit
@@ -144,7 +144,7 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     NPIX = N * HB * WB
     rstep, qstep_h, off_h = phase_steps(sh, p.dilation[0], R)
     sstep, qstep_w, off_w = phase_steps(sw, p.dilation[1], S)
-    cfgs = conv_dgrad_configs(NPIX, Cg, Kg, x.element_size(), R == S == 1)
+    cfgs = conv_dgrad_configs(NPIX, Cg, Kg, x.element_size(), R == S == 1, dc_bytes(x.element_size(), p.relu, k))
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), dyk.stride())
     args = dict(POOL=k, RELU=p.relu, STEP_P2=triton.next_power_of_2(max(rstep, sstep)),
                 PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))

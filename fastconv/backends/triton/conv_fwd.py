@@ -91,15 +91,18 @@ def _conv_fwd_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if FLAT:
+        x_taps = x_rows + ih0 * sxh + iw0 * sxw  # [BLOCK_M] pointers to tap (0, 0), channel 0
         for k0 in range(0, RSC, BLOCK_K):
             kr = k0 + tl.arange(0, BLOCK_K)  # flattened (r*S + s)*Cg + c
             k_ok = kr < RSC
             c = kr % Cg
             rs = kr // Cg
-            ih = ih0[:, None] + ((rs // S) * dil_h)[None, :]
-            iw = iw0[:, None] + ((rs % S) * dil_w)[None, :]
+            dr = (rs // S) * dil_h
+            ds = (rs % S) * dil_w
+            ih = ih0[:, None] + dr[None, :]
+            iw = iw0[:, None] + ds[None, :]
             a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_rows[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=a_ok, other=0.0)
+            a = tl.load(x_taps[:, None] + (c * sxc + dr * sxh + ds * sxw)[None, :], mask=a_ok, other=0.0)
             b = tl.load(w_cols[None, :] + kr[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = mma(a, b, acc, PRECISION, UPCAST)
     else:
@@ -139,7 +142,7 @@ def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: Conv
     KK = window_rows(k)
     NWIN = N * PO * QO
     flat = Cg < FLAT_BELOW_CG
-    cfgs = conv_fwd_configs(NWIN * KK, Kg, R * S * Cg if flat else Cg, KK, x.element_size(), R == S == 1)
+    cfgs = conv_fwd_configs(NWIN * KK, Kg, R * S * Cg if flat else Cg, KK, x.element_size(), R == S == 1, flat)
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
     args = dict(POOL=k, KK=KK, HAS_BIAS=b is not None, RELU=p.relu, FLAT=flat,
                 PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))

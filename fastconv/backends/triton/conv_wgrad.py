@@ -37,7 +37,7 @@ from ..._layout import memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import INTERPRET, device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4, upcast_dot
-from .configs import bias_grad_configs, conv_wgrad_configs
+from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
 
 
 @triton.jit
@@ -173,7 +173,7 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
     saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
              for t in (y, idx)]
     dw_acc = torch.empty((K, RSC), dtype=torch.float32, device=x.device)
-    cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1)
+    cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1, Cg, dc_bytes(x.element_size(), p.relu, k))
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
     args = dict(POOL=k, RELU=p.relu, PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
 
