@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -52,6 +53,16 @@ EXTRA_CASES = [
 ]
 LAYOUT_CASES = [CONV_CASES[0], CONV_CASES[5], CONV_CASES[7], CONV_CASES[8], CONV_CASES[9], EXTRA_CASES[0]]
 TIE_CASES = [CONV_CASES[0], CONV_CASES[3], CONV_CASES[6], CONV_CASES[8], EXTRA_CASES[6]]
+
+
+@pytest.fixture(autouse=True)
+def _default_configs(monkeypatch):
+    """No autotuning in the tests (on a GPU every new shape would benchmark and compile each
+    candidate): the heuristic default config runs, except where a test pins or tunes. fp32 on a
+    GPU runs in ieee unless a test turns TF32 on (see the GPU section)."""
+    monkeypatch.setenv(_tune.ENV_TUNE, "0")
+    monkeypatch.delenv(_tune.ENV_PIN, raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 # --------------------------------------------------------------------------- fused conv
@@ -365,6 +376,11 @@ def test_kernels_compile_for_hopper():
 
 
 # --------------------------------------------------------------------------- GPU only
+# Random data at realistic sizes would make the comparison flaky: among ~10^5 pooling windows
+# some hold two values closer than the fp32 accumulation error (or a conv output that close to
+# 0 under relu), and the oracle then routes the gradient elsewhere. Realistic layers therefore
+# use small-integer data (exact in every dtype, TF32 included: ties are exact and resolved the
+# same way); random data runs on the small cases, with fp32 in ieee (see _default_configs).
 
 GPU_REALISTIC = [
     ConvCase(4, 64, 56, 56, 64, 3, 3, dict(padding=1, activation="relu", pool=2)),
@@ -381,8 +397,9 @@ GPU_REALISTIC = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "channels_last"), (torch.float16, "channels_last"),
+                                          (torch.bfloat16, "channels_last"), (torch.float32, "contiguous")],
+                         ids=str)
 @pytest.mark.parametrize("case", CONV_CASES + EXTRA_CASES, ids=str)
 def test_gpu_conv_cases(case, dtype, layout):
     check_conv("triton", case, dtype, "cuda", layout=layout)
@@ -391,8 +408,17 @@ def test_gpu_conv_cases(case, dtype, layout):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("case", GPU_REALISTIC, ids=str)
-def test_gpu_realistic_layers(case, dtype):
-    check_conv("triton", case, dtype, "cuda", layout="channels_last")
+def test_gpu_realistic_layers(case, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # fp32 runs the TF32 path
+    check_conv("triton", case, dtype, "cuda", layout="channels_last", integer=True)
+
+
+@pytest.mark.gpu
+def test_gpu_tf32_random_data_without_argmax(monkeypatch):
+    """TF32 on random data where no window max or relu sign depends on the last bits."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    check_conv("triton", ConvCase(4, 64, 28, 28, 96, 3, 3, dict(padding=1)), torch.float32, "cuda",
+               layout="channels_last")
 
 
 @pytest.mark.gpu
@@ -412,37 +438,48 @@ def test_gpu_relu(dtype):
     check_relu("triton", (3, 1000003), dtype, "cuda")
 
 
-@pytest.mark.gpu
-def test_gpu_fp32_without_tf32_is_ieee_exact():
-    saved = torch.backends.cudnn.allow_tf32
-    try:
-        torch.backends.cudnn.allow_tf32 = False
-        check_conv("triton", GPU_REALISTIC[0], torch.float32, "cuda", layout="channels_last")
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
+def _candidates(kernel, case):
+    """The configs the launcher offers the tuner for this layer (bf16, channels_last)."""
+    offered = {}
+    real = _tune.choose
+
+    def spy(name, key, cfgs, run, device):
+        offered.setdefault(name, cfgs)
+        return real(name, key, cfgs, run, device)
+
+    with mock.patch.object(_tune, "choose", spy):
+        check_conv("triton", case, torch.bfloat16, "cuda", layout="channels_last", integer=True)
+    return offered[kernel]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dgrad", "conv_wgrad"])
-@pytest.mark.parametrize("case", [GPU_REALISTIC[0], GPU_REALISTIC[1], GPU_REALISTIC[4]], ids=str)
+@pytest.mark.parametrize("kernel,case", [
+    ("conv_fwd", GPU_REALISTIC[0]), ("conv_dgrad", GPU_REALISTIC[0]), ("conv_wgrad", GPU_REALISTIC[0]),
+    ("conv_fwd", GPU_REALISTIC[1]), ("conv_wgrad", GPU_REALISTIC[1]),
+    ("conv_fwd", GPU_REALISTIC[4]), ("conv_dgrad", GPU_REALISTIC[4]), ("conv_wgrad", GPU_REALISTIC[4]),
+], ids=str)
 def test_gpu_every_candidate_config_is_correct(kernel, case, monkeypatch):
     """Every tuning candidate (incl. num_warps=8 where the lists allow it: 1x1 only) computes the
-    right answer on this Triton -- a miscompiling config would be picked silently by the tuner."""
-    from fastconv.backends.triton import conv_fwd
-
-    Kg, Cg, RSC = case.K, case.C, case.C * case.R * case.S
-    one = case.R == case.S == 1
-    M = case.N * case.H * case.W
-    if kernel == "conv_fwd":
-        flat = Cg < conv_fwd.FLAT_BELOW_CG
-        cands = configs.conv_fwd_configs(M, Kg, RSC if flat else Cg, 4 if case.kw.get("pool") else 1, 2, one)
-    elif kernel == "conv_dgrad":
-        cands = configs.conv_dgrad_configs(M, Cg, Kg, 2, one)
-    else:
-        cands = configs.conv_wgrad_configs(Kg, RSC, M, 2, one)
+    right answer on this Triton -- a miscompiling config would be picked silently by the tuner.
+    Cases: 3x3 with relu + pool (channel blocks), RGB first layer (flattened taps), 1x1."""
+    cands = _candidates(kernel, case)
+    assert cands
     for cfg in cands:
         monkeypatch.setenv(_tune.ENV_PIN, f"{kernel}:" + ",".join(f"{k}={v}" for k, v in cfg.items()))
-        check_conv("triton", case, torch.bfloat16, "cuda", layout="channels_last")
+        check_conv("triton", case, torch.bfloat16, "cuda", layout="channels_last", integer=True)
+
+
+@pytest.mark.gpu
+def test_gpu_tuning_picks_a_candidate_and_caches_it(monkeypatch, tmp_path):
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv(_tune.ENV_TUNE, "1")
+    monkeypatch.setenv(_tune.ENV_CACHE, str(path))
+    monkeypatch.setattr(_tune, "_disk", None)
+    monkeypatch.setattr(_tune, "_memory", {})
+    check_conv("triton", GPU_REALISTIC[0], torch.bfloat16, "cuda", layout="channels_last", integer=True)
+    table = json.loads(path.read_text())
+    assert {k.split("|")[0] for k in table} >= {"conv_fwd", "conv_dgrad", "conv_wgrad"}
+    assert all(torch.cuda.get_device_name() in k for k in table)
 
 
 @pytest.mark.gpu
@@ -466,9 +503,13 @@ def test_gpu_no_host_sync_after_warmup():
 @pytest.mark.gpu
 def test_gpu_cuda_graph_replay_sees_new_inputs_and_weights():
     torch.manual_seed(0)
-    x = torch.randn(2, 16, 20, 20, device="cuda", requires_grad=True)
-    w = torch.randn(32, 16, 3, 3, device="cuda", requires_grad=True)  # NCHW weight: packing is captured
-    b = torch.randn(32, device="cuda", requires_grad=True)
+
+    def ints(*shape, lo=-2, hi=3):  # exact data: the comparison cannot flake on near-ties
+        return torch.randint(lo, hi, shape, device="cuda").float()
+
+    x = ints(2, 16, 20, 20).requires_grad_()
+    w = ints(32, 16, 3, 3, lo=-1, hi=2).requires_grad_()  # NCHW weight: its packing is captured too
+    b = ints(32).requires_grad_()
 
     def step():
         y = fastconv.conv2d(x, w, b, padding=1, activation="relu", pool=2)
@@ -488,8 +529,8 @@ def test_gpu_cuda_graph_replay_sees_new_inputs_and_weights():
         with torch.cuda.graph(g):
             y = step()
         with torch.no_grad():
-            x.copy_(torch.randn_like(x))
-            w.mul_(-0.5)
+            x.copy_(ints(2, 16, 20, 20))
+            w.mul_(-1.0)
         g.replay()
         torch.cuda.synchronize()
     xr, wr, br = (t.detach().cpu().double().requires_grad_() for t in (x, w, b))
@@ -502,7 +543,8 @@ def test_gpu_cuda_graph_replay_sees_new_inputs_and_weights():
 
 
 @pytest.mark.gpu
-def test_gpu_compile_fullgraph_bf16_channels_last():
+def test_gpu_compile_fullgraph_matches_eager_bf16_channels_last():
+    """Compiled (one opaque op per layer) and eager runs launch the same kernels."""
     torch._dynamo.reset()
     x = torch.randn(8, 32, 32, 32, device="cuda", dtype=torch.bfloat16).contiguous(
         memory_format=torch.channels_last).requires_grad_()
@@ -514,10 +556,9 @@ def test_gpu_compile_fullgraph_bf16_channels_last():
     with fastconv.use_backend("triton", strict=True):
         out = torch.compile(f, fullgraph=True)(x, w)
         out.float().sum().backward()
-    x2, w2 = (t.detach().cpu().double().requires_grad_() for t in (x, w))
-    with fastconv.use_backend("reference"):
+        x2, w2 = (t.detach().clone().requires_grad_() for t in (x, w))
         ref = f(x2, w2)
-        ref.sum().backward()
-    assert_close("y", out, ref, torch.bfloat16, 288, "cuda")
-    assert_close("dx", x.grad, x2.grad, torch.bfloat16, 576, "cuda")
-    assert_close("dw", w.grad, w2.grad, torch.bfloat16, 8192, "cuda")
+        ref.float().sum().backward()
+    assert torch.equal(out, ref)
+    assert torch.equal(x.grad, x2.grad)  # dgrad has no atomics: bit-identical
+    assert_close("dw", w.grad, w2.grad, torch.bfloat16, 8192, "cuda")  # split-K atomics: order differs

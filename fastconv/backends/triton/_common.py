@@ -24,6 +24,12 @@ Device helpers (``@triton.jit``):
 Index convention everywhere: the batch offset ``n * stride_n`` is 64-bit, the
 offsets inside one image are 32-bit (the backend refuses images of 2^31
 elements or more).
+
+Specialization: the kernels list their pure problem sizes (H, W, output and
+pixel counts, paddings) in ``do_not_specialize``, so one compiled kernel
+serves every image size; Triton still specializes channel counts, filter
+sizes, strides and tensor strides (== 1 and divisibility by 16), which decide
+vectorized, aligned loads.
 """
 from __future__ import annotations
 

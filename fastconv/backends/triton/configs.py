@@ -92,8 +92,8 @@ def _gemm_prune(cands, m_max, n_max, k_max, esize, one_by_one, m_min=16, gather=
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), most likely best first.
 _GEMM_CANDIDATES = [
     (128, 128, 64, 8, 3),
-    (128, 128, 64, 4, 3),
     (128, 64, 64, 4, 3),
+    (128, 128, 64, 4, 3),
     (64, 128, 64, 4, 3),
     (128, 64, 32, 4, 4),
     (64, 64, 64, 4, 3),

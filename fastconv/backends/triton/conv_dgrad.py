@@ -55,7 +55,7 @@ def _first_tap(ph, pad, dil, stride, R, STEP, OFF, STEP_P2: tl.constexpr):
     return r0, dq, count
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "HB", "WB", "NPIX", "pad_h", "pad_w", "OFF_H", "OFF_W"])
 def _conv_dgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)

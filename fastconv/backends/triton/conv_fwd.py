@@ -47,7 +47,7 @@ from .configs import conv_fwd_configs
 FLAT_BELOW_CG = 16
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NWIN", "pad_h", "pad_w"])
 def _conv_fwd_kernel(
     # Pointers
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)

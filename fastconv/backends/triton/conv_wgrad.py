@@ -40,7 +40,7 @@ from ._common import INTERPRET, device_guard, dot_precision, load_dc, mma, nhwc_
 from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "PP", "QQ", "NPQ", "CHUNK", "pad_h", "pad_w"])
 def _conv_wgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
@@ -115,7 +115,7 @@ def _conv_wgrad_kernel(
         tl.store(out, acc, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NOUT", "PO", "QO", "CHUNK"])
 def _bias_grad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)

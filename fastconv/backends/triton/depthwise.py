@@ -35,7 +35,7 @@ from .configs import depthwise_configs
 from .conv_wgrad import split_count
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NWIN", "pad_h", "pad_w"])
 def _depthwise_fwd_kernel(
     # Pointers
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
@@ -81,7 +81,7 @@ def _depthwise_fwd_kernel(
                  syn, syk, syh, syw, POOL, KK, BLOCK_M, BLOCK_N, HAS_BIAS, RELU)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NPIX", "pad_h", "pad_w"])
 def _depthwise_dgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
@@ -123,7 +123,7 @@ def _depthwise_dgrad_kernel(
     tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "PP", "QQ", "NPQ", "CHUNK", "pad_h", "pad_w"])
 def _depthwise_wgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)

@@ -34,7 +34,7 @@ from ._common import device_guard, strides4
 from .configs import max_pool_configs
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "OH", "OW", "NOUT", "pad_h", "pad_w"])
 def _max_pool_fwd_kernel(
     # Pointers
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
@@ -83,7 +83,7 @@ def _max_pool_fwd_kernel(
     tl.store(idx_ptr + off, best_at, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "OH", "OW", "NPIX", "pad_h", "pad_w"])
 def _max_pool_bwd_kernel(
     # Pointers
     dy_ptr,   # [N, C, OH, OW], strides (syn, syc, syh, syw)
