@@ -281,8 +281,11 @@ def test_config_lists_keep_the_rules():
     """GPU candidate lists (built here without a GPU): dot tiles >= 16, powers of two, shared
     memory in budget, num_warps 8 only for 1x1 filters, BLOCK_M holds the pool window rows."""
     real = configs.INTERPRET
+    cached = [configs.conv_fwd_configs, configs.conv_dgrad_configs, configs.conv_wgrad_configs]
     try:
         configs.INTERPRET = False
+        for f in cached:
+            f.cache_clear()
         for one_by_one in (False, True):
             lists = [configs.conv_fwd_configs(10**6, 64, 64, 16, 2, one_by_one),
                      configs.conv_fwd_configs(3000, 4, 27, 4, 4, one_by_one),
@@ -299,6 +302,8 @@ def test_config_lists_keep_the_rules():
         assert max(c["BLOCK_N"] for c in configs.conv_fwd_configs(10**6, 4, 27, 4, 2, False)) == 16
     finally:
         configs.INTERPRET = real
+        for f in cached:
+            f.cache_clear()
 
 
 def test_weight_packing_is_cached_per_version():

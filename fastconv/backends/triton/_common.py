@@ -87,6 +87,15 @@ def nhwc_on_gpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1); plain Python, cheap on every launch."""
+    return 1 << (int(n) - 1).bit_length() if n > 1 else 1
+
+
 def strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
     """(stride_n, stride_c, stride_h, stride_w) of a 4-D tensor."""
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
@@ -94,7 +103,7 @@ def strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 def window_rows(pool: int) -> int:
     """KK: rows per pooling window in a fused tile (k*k rounded up to a power of two)."""
-    return 1 if pool == 1 else triton.next_power_of_2(pool * pool)
+    return 1 if pool == 1 else next_pow2(pool * pool)
 
 
 @triton.jit

@@ -44,7 +44,7 @@ ENV_TUNE = "FASTCONV_TRITON_TUNE"
 ENV_CACHE = "FASTCONV_TRITON_TUNE_CACHE"
 
 _lock = threading.Lock()
-_memory: dict[str, dict] = {}
+_memory: dict[tuple, dict] = {}
 _disk: dict | None = None
 _pin_cache: tuple[str, dict] | None = None
 
@@ -154,11 +154,15 @@ def choose(kernel: str, key, configs: list[dict], run: Callable[[dict], None],
         return {**configs[0], **over}
     if len(configs) == 1:
         return configs[0]
+    mem_key = (kernel, key, device)
+    hit = _memory.get(mem_key)
+    if hit is not None and hit in configs:
+        return hit
     full = _full_key(kernel, key, device)
     with _lock:
-        hit = _memory.get(full) or _disk_table().get(full)
+        hit = _disk_table().get(full)
     if hit in configs:
-        _memory[full] = hit
+        _memory[mem_key] = hit
         return hit
     if not _tuning_allowed(device):
         return configs[0]
@@ -174,6 +178,6 @@ def choose(kernel: str, key, configs: list[dict], run: Callable[[dict], None],
     if best is None:
         raise first_error
     with _lock:
-        _memory[full] = best
+        _memory[mem_key] = best
         _save(full, best)
     return best

@@ -37,7 +37,8 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4, upcast_dot
+from ._common import (cdiv, device_guard, dot_precision, load_dc, mma, next_pow2, nhwc_on_gpu, strides4,
+                      upcast_dot)
 from ._pack import packed_weight
 from .configs import conv_dgrad_configs, dc_bytes
 
@@ -146,11 +147,11 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     sstep, qstep_w, off_w = phase_steps(sw, p.dilation[1], S)
     cfgs = conv_dgrad_configs(NPIX, Cg, Kg, x.element_size(), R == S == 1, dc_bytes(x.element_size(), p.relu, k))
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), dyk.stride())
-    args = dict(POOL=k, RELU=p.relu, STEP_P2=triton.next_power_of_2(max(rstep, sstep)),
+    args = dict(POOL=k, RELU=p.relu, STEP_P2=next_pow2(max(rstep, sstep)),
                 PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
 
     def run(cfg):
-        grid = (triton.cdiv(NPIX, cfg["BLOCK_M"]) * triton.cdiv(Cg, cfg["BLOCK_N"]), sh * sw, G)
+        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(Cg, cfg["BLOCK_N"]), sh * sw, G)
         _conv_dgrad_kernel[grid](
             dyk, saved[0], saved[1], wp, dx,
             H, W, PO, QO, HB, WB, NPIX, Cg, Kg, R, S,

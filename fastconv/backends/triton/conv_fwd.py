@@ -38,7 +38,7 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import (device_guard, dot_precision, mma, nhwc_on_gpu, store_pooled, strides4, upcast_dot,
+from ._common import (cdiv, device_guard, dot_precision, mma, nhwc_on_gpu, store_pooled, strides4, upcast_dot,
                       window_rows)
 from ._pack import packed_weight
 from .configs import conv_fwd_configs
@@ -149,7 +149,7 @@ def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: Conv
 
     def run(cfg):
         cfg = dict(cfg, BLOCK_M=max(cfg["BLOCK_M"], KK))
-        grid = (triton.cdiv(NWIN, cfg["BLOCK_M"] // KK) * triton.cdiv(Kg, cfg["BLOCK_N"]), G)
+        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(Kg, cfg["BLOCK_N"]), G)
         _conv_fwd_kernel[grid](
             xk, wp, b if b is not None else wp, y, idx if k > 1 else y,
             H, W, PO, QO, NWIN, Cg, Kg, R, S,

@@ -36,7 +36,8 @@ import triton.language as tl
 from ..._layout import memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import INTERPRET, device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4, upcast_dot
+from ._common import (INTERPRET, cdiv, device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4,
+                      upcast_dot)
 from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
 
 
@@ -178,10 +179,10 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
     args = dict(POOL=k, RELU=p.relu, PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
 
     def run(cfg):
-        tiles = triton.cdiv(Kg, cfg["BLOCK_M"]) * triton.cdiv(RSC, cfg["BLOCK_N"])
+        tiles = cdiv(Kg, cfg["BLOCK_M"]) * cdiv(RSC, cfg["BLOCK_N"])
         split = split_count(tiles * G, NPQ, cfg["BLOCK_K"], x.device)
-        chunk = triton.cdiv(triton.cdiv(NPQ, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
-        split = triton.cdiv(NPQ, chunk)
+        chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+        split = cdiv(NPQ, chunk)
         if split > 1:
             dw_acc.zero_()
         _conv_wgrad_kernel[(tiles, split, G)](
@@ -204,10 +205,10 @@ def conv2d_bias_grad(dy, y, p: ConvParams) -> torch.Tensor:
     NOUT = N * PO * QO
     db = torch.zeros(K, dtype=torch.float32, device=dy.device)
     cfg = _tune.choose("bias_grad", (K,), bias_grad_configs(K), lambda c: None, dy.device)
-    col_tiles = triton.cdiv(K, cfg["BLOCK_N"])
+    col_tiles = cdiv(K, cfg["BLOCK_N"])
     split = split_count(col_tiles, NOUT, cfg["BLOCK_M"], dy.device)
-    chunk = triton.cdiv(triton.cdiv(NOUT, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+    chunk = cdiv(cdiv(NOUT, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
     with device_guard(dy):
-        _bias_grad_kernel[(col_tiles, triton.cdiv(NOUT, chunk))](
+        _bias_grad_kernel[(col_tiles, cdiv(NOUT, chunk))](
             dyk, yk, db, NOUT, PO, QO, K, chunk, *strides4(dyk), RELU=p.relu, **cfg)
     return db.to(dy.dtype)

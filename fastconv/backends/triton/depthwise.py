@@ -30,7 +30,7 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import device_guard, load_dc, nhwc_on_gpu, store_pooled, strides4, window_rows
+from ._common import cdiv, device_guard, load_dc, next_pow2, nhwc_on_gpu, store_pooled, strides4, window_rows
 from .configs import depthwise_configs
 from .conv_wgrad import split_count
 
@@ -199,7 +199,7 @@ def depthwise_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: C
 
     def run(cfg):
         cfg = dict(cfg, BLOCK_M=max(cfg["BLOCK_M"], KK))
-        grid = (triton.cdiv(NWIN, cfg["BLOCK_M"] // KK) * triton.cdiv(K, cfg["BLOCK_N"]),)
+        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(K, cfg["BLOCK_N"]),)
         _depthwise_fwd_kernel[grid](
             xk, wf, b if b is not None else wf, y, idx if k > 1 else y,
             H, W, PO, QO, NWIN, K, K // C, R, S,
@@ -229,7 +229,7 @@ def depthwise_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     args = dict(POOL=p.pool, RELU=p.relu)
 
     def run(cfg):
-        grid = (triton.cdiv(NPIX, cfg["BLOCK_M"]) * triton.cdiv(C, cfg["BLOCK_N"]),)
+        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
         _depthwise_dgrad_kernel[grid](
             dyk, saved[0], saved[1], wf, dx,
             H, W, dy.shape[2], dy.shape[3], NPIX, C, K // C, R, S,
@@ -252,14 +252,14 @@ def depthwise_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
     xk = nhwc_on_gpu(x)
     dyk, saved = _saved(dy, y, idx)
     dw_acc = torch.empty((K, R * S), dtype=torch.float32, device=x.device)
-    args = dict(POOL=k, RELU=p.relu, RS_P2=triton.next_power_of_2(R * S))
+    args = dict(POOL=k, RELU=p.relu, RS_P2=next_pow2(R * S))
 
     def run(cfg):
-        tiles = triton.cdiv(K, cfg["BLOCK_N"])
+        tiles = cdiv(K, cfg["BLOCK_N"])
         split = split_count(tiles, NPQ, cfg["BLOCK_M"], x.device)
-        chunk = triton.cdiv(triton.cdiv(NPQ, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+        chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
         dw_acc.zero_()
-        _depthwise_wgrad_kernel[(tiles, triton.cdiv(NPQ, chunk))](
+        _depthwise_wgrad_kernel[(tiles, cdiv(NPQ, chunk))](
             dyk, saved[0], saved[1], xk, dw_acc,
             H, W, PO, QO, PP, QQ, NPQ, chunk, K, K // C, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],

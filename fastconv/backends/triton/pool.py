@@ -30,7 +30,7 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import PoolParams
 from . import _tune
-from ._common import device_guard, strides4
+from ._common import cdiv, device_guard, strides4
 from .configs import max_pool_configs
 
 
@@ -136,7 +136,7 @@ def max_pool2d_fwd(x: torch.Tensor, p: PoolParams):
     NOUT = N * OH * OW
 
     def run(cfg):
-        grid = (triton.cdiv(NOUT, cfg["BLOCK_M"]) * triton.cdiv(C, cfg["BLOCK_N"]),)
+        grid = (cdiv(NOUT, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
         _max_pool_fwd_kernel[grid](
             x, y, idx, C, H, W, OH, OW, NOUT, *p.kernel, *p.stride, *p.padding, *p.dilation,
             *strides4(x), *strides4(y), **cfg)
@@ -159,7 +159,7 @@ def max_pool2d_bwd(dy: torch.Tensor, idx: torch.Tensor, input_hw, p: PoolParams)
     NW = -(-((p.kernel[1] - 1) * p.dilation[1] + 1) // p.stride[1])
 
     def run(cfg):
-        grid = (triton.cdiv(NPIX, cfg["BLOCK_M"]) * triton.cdiv(C, cfg["BLOCK_N"]),)
+        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
         _max_pool_bwd_kernel[grid](
             dy, idx, dx, C, H, W, OH, OW, NPIX, NH, NW, *p.stride, *p.padding,
             *strides4(dy), *strides4(dx), **cfg)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import _tune
-from ._common import device_guard
+from ._common import cdiv, device_guard
 from .configs import relu_configs
 
 
@@ -48,7 +48,7 @@ def _relu_bwd_kernel(
 def _launch(kernel, tensors, numel, device):
     cfg = _tune.choose("relu", (), relu_configs(), lambda c: None, device)
     with device_guard(tensors[0]):
-        kernel[(triton.cdiv(numel, cfg["BLOCK_M"]),)](*tensors, numel, **cfg)
+        kernel[(cdiv(numel, cfg["BLOCK_M"]),)](*tensors, numel, **cfg)
 
 
 def relu_fwd(x: torch.Tensor) -> torch.Tensor:
