@@ -22,11 +22,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fastconv
-from fastconv import backends
-from fastconv.backends import reference
-from fastconv.backends.triton import _pack, _tune, configs
-from oracle import CONV_CASES, POOL_CASES, ConvCase, PoolCase, assert_close, check_conv, check_pool, check_relu
+pytest.importorskip("triton", reason="the triton backend needs the triton package")
+
+import fastconv  # noqa: E402
+from fastconv import backends, ops  # noqa: E402
+from fastconv.backends import reference  # noqa: E402
+from fastconv.backends.triton import _pack, _tune, configs  # noqa: E402
+from oracle import (CONV_CASES, POOL_CASES, ConvCase, PoolCase, assert_close, check_conv, check_pool,  # noqa: E402
+                    check_relu)
 
 triton_backend = backends.get("triton")
 CPU_REASON = triton_backend.available()
@@ -99,9 +102,9 @@ def test_conv_window_index_matches_reference():
     for k in (2, 3):
         args = (x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, False, k)
         with fastconv.use_backend("triton", strict=True):
-            y, idx = fastconv.ops.conv2d_fwd(*args)
+            y, idx = ops.conv2d_fwd(*args)
         y_ref, idx_ref = reference.conv2d_fwd(x.cpu().double(), w.cpu().double(), None,
-                                              fastconv.ops._conv_params(*args[3:]))
+                                              ops._conv_params(*args[3:]))
         assert idx.dtype == torch.uint8 and torch.equal(idx.cpu(), idx_ref)
         assert torch.equal(y.cpu().double(), y_ref)
 
@@ -178,7 +181,7 @@ def test_pool_nan_inf_and_indices_match_torch():
     x[0, 1, :3, :3] = float("-inf")
     for kw in (dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2, stride=1, dilation=2)):
         with fastconv.use_backend("triton", strict=True):
-            y, idx = fastconv.ops.max_pool2d_fwd(x.to(DEV), *_pool_args(**kw))
+            y, idx = ops.max_pool2d_fwd(x.to(DEV), *_pool_args(**kw))
         y_ref, idx_ref = F.max_pool2d(x, return_indices=True, **kw)
         assert torch.equal(idx.cpu().long(), idx_ref), kw
         assert torch.equal(y.cpu().isnan(), y_ref.isnan())
@@ -334,6 +337,16 @@ def test_weight_update_between_calls_is_seen():
             w.mul_(-2.0)
         y = fastconv.conv2d(x, w, padding=1)
     assert_close("y", y, F.conv2d(x.cpu().double(), w.cpu().double(), padding=1), torch.float32, 27, DEV)
+
+
+def test_opcheck_with_triton_kernels():
+    """The op contract (fake kernels vs real outputs, autograd registration) holds for this backend."""
+    x = torch.randn(2, 3, 9, 9, device=DEV).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, device=DEV, requires_grad=True)
+    b = torch.randn(4, device=DEV, requires_grad=True)
+    with fastconv.use_backend("triton", strict=True):
+        torch.library.opcheck(ops.conv2d_fwd, (x, w, b, [2, 1], [0, 1, 1, 0], [1, 1], 1, True, 3))
+        torch.library.opcheck(ops.max_pool2d_fwd, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
 
 
 def test_compile_fullgraph_runs_triton_kernels():
