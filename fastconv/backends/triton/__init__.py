@@ -8,8 +8,11 @@ Kernel files (each starts with its math and layout):
 * ``depthwise.py``  direct kernels for groups == C (forward, dgrad, wgrad)
 * ``pool.py``       general max_pool2d forward / backward
 * ``relu.py``       relu forward / backward
-* ``configs.py`` launch configs per kernel, ``_tune.py`` choosing and caching them,
-  ``_pack.py`` packed-weight cache, ``_common.py`` shared device helpers.
+* ``configs.py`` launch configs per kernel, ``_tune.py`` choosing and caching them
+  (``FASTCONV_TRITON_CONFIG`` pins, ``FASTCONV_TRITON_TUNE=0`` skips tuning),
+  ``_pack.py`` packed-weight cache, ``_common.py`` shared device helpers,
+  ``_compile_check.py`` compiles every kernel for sm_90 without a GPU
+  (``python -m fastconv.backends.triton._compile_check``).
 
 Runs on CUDA tensors, and on CPU tensors in the Triton interpreter when
 ``TRITON_INTERPRET=1`` was set before this package was imported (that is how

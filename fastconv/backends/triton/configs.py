@@ -43,7 +43,7 @@ KEYS = {
     "relu": ("BLOCK_M", "num_warps"),
 }
 # Block sizes that feed tl.dot (>= 16); every other BLOCK_* only needs to be a power of two.
-DOT_KEYS = {"conv_fwd": ("BLOCK_N", "BLOCK_K"), "conv_dgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+DOT_KEYS = {"conv_fwd": ("BLOCK_M", "BLOCK_N", "BLOCK_K"), "conv_dgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
             "conv_wgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
 
 
