@@ -10,8 +10,8 @@ wheel), exactly as the launch would specialize it on a GPU (argument types,
 reports per kernel the shared memory, whether tl.dot became a Hopper
 warp-group MMA and whether loads were pipelined, and exits non-zero on any
 compile error. ``--all-configs`` compiles every tuning candidate, not only
-the default. Uses Triton's launch internals (checked against Triton 3.8);
-TRITON_INTERPRET must be unset.
+the default. Uses Triton's launch internals (written against Triton 3.6 and
+3.8; exits with status 3 when they differ); TRITON_INTERPRET must be unset.
 """
 from __future__ import annotations
 
@@ -108,20 +108,31 @@ def record(dtypes, all_configs: bool):
     return log
 
 
+EXIT_UNSUPPORTED = 3  # this Triton's launch internals differ: nothing was checked
+
+
+class InternalsMismatch(RuntimeError):
+    """Triton's launch internals are not the ones this check was written against."""
+
+
 def compile_launch(fn, args, kw, arch: int):
     """triton.compile one recorded launch for cuda sm_<arch>, specialized like JITFunction.run."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
 
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    kw = dict(kw)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, spec, options = binder(*args, **kw)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, options)
-    src = ASTSource(fn, signature, constexprs, attrs)
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, make_backend
+        from triton.runtime.jit import create_function_from_signature
+
+        target = GPUTarget("cuda", arch, 32)
+        backend = make_backend(target)
+        kw = dict(kw)
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        bound, spec, options = binder(*args, **kw)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, options)
+        src = ASTSource(fn, signature, constexprs, attrs)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        raise InternalsMismatch(f"triton {triton.__version__}: {type(e).__name__}: {e}") from e
     return triton.compile(src, target=target, options=options.__dict__)
 
 
@@ -189,6 +200,9 @@ def main(argv=None) -> int:
         t0 = time.time()
         try:
             d = describe(compile_launch(fn, args, kw, a.arch))
+        except InternalsMismatch as e:
+            print(f"cannot drive this Triton's compiler: {e}", file=sys.stderr)
+            return EXIT_UNSUPPORTED
             print(f"ok   {time.time() - t0:5.1f}s  regs {d['regs']:3d} stack {d['stack']:4d}  smem {d['shared']:6d}  "
                   f"wgmma {d['wgmma']:d}  pipelined {d['pipelined']:d}  {_label(fn, kw)}", flush=True)
         except Exception as e:  # report every failing launch, then fail
