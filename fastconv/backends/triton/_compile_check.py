@@ -1,0 +1,217 @@
+"""Compile the Triton kernels for a GPU target on a machine without a GPU.
+
+    python -m fastconv.backends.triton._compile_check [--all-configs] [--arch 90] [--dtype bf16 ...]
+
+Runs the backend's launchers on small CPU tensors with every kernel launch
+recorded instead of run, then compiles each distinct recorded launch with
+``triton.compile`` for the target (default sm_90, ptxas from the triton
+wheel), exactly as the launch would specialize it on a GPU (argument types,
+16-divisibility, ints equal to 1, constexprs, num_warps/num_stages). It
+reports per kernel the shared memory, whether tl.dot became a Hopper
+warp-group MMA and whether loads were pipelined, and exits non-zero on any
+compile error. ``--all-configs`` compiles every tuning candidate, not only
+the default. Uses Triton's launch internals (written against Triton 3.6 and
+3.8; exits with status 3 when they differ); TRITON_INTERPRET must be unset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from unittest import mock
+
+import torch
+
+from ..._params import ConvParams, PoolParams
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# (name, N, C, H, W, K, R, S, stride, padding, dilation, groups, relu, pool, bias): the bench
+# suites' layer kinds at batch 1, plus strided, dilated, grouped and depthwise convs.
+LAYERS = [
+    ("3x3 relu pool2", 1, 64, 56, 56, 128, 3, 3, 1, 1, 1, 1, True, 2, True),
+    ("small-C first layer", 1, 3, 32, 32, 64, 3, 3, 1, 1, 1, 1, True, 2, True),
+    ("grayscale first layer", 1, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, True, 2, True),
+    ("stem 7x7/s2", 1, 3, 64, 64, 64, 7, 7, 2, 3, 1, 1, True, 1, True),
+    ("1x1", 1, 256, 14, 14, 64, 1, 1, 1, 0, 1, 1, False, 1, False),
+    ("3x3/s2 dilated", 1, 64, 28, 28, 64, 3, 3, 2, 2, 2, 1, True, 1, True),
+    ("grouped pool3", 1, 64, 27, 27, 64, 3, 3, 1, 1, 1, 4, True, 3, False),
+    ("depthwise pool2", 1, 32, 16, 16, 64, 3, 3, 1, 1, 1, 32, True, 2, True),
+]
+POOLS = [((3, 3), (2, 2), (1, 1), (1, 1), False), ((2, 2), (2, 2), (0, 0), (1, 1), True)]
+
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kw)`` records the call."""
+
+    def __init__(self, fn, log):
+        self.fn, self.log = fn, log
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.log.append((self.fn, args, kw))
+
+
+def _kernels():
+    from . import conv_dgrad, conv_fwd, conv_wgrad, depthwise, pool, relu
+
+    for mod in (conv_fwd, conv_dgrad, conv_wgrad, depthwise, pool, relu):
+        for name, obj in vars(mod).items():
+            if name.endswith("_kernel") and hasattr(obj, "arg_names"):
+                yield mod, name, obj
+
+
+def record(dtypes, all_configs: bool):
+    """Run every launcher on CPU tensors; return the recorded (kernel, args, kwargs) launches."""
+    from . import _tune, conv_dgrad, conv_fwd, conv_wgrad, depthwise, pool, relu
+
+    log: list = []
+
+    def choose(kernel, key, cfgs, run, device):
+        over = _tune.pinned(kernel)
+        if over:
+            return {**cfgs[0], **over}
+        for cfg in cfgs[1:] if all_configs else []:
+            run(cfg)
+        return cfgs[0]
+
+    def precision(dtype, device):  # what a GPU with cudnn.allow_tf32 (the default) uses
+        return "tf32" if dtype == torch.float32 else "ieee"
+
+    with ExitStack() as stack:
+        for mod, name, fn in _kernels():
+            stack.enter_context(mock.patch.object(mod, name, _Recorder(fn, log)))
+        for mod in (conv_fwd, conv_dgrad, conv_wgrad):
+            stack.enter_context(mock.patch.object(mod, "dot_precision", precision))
+        stack.enter_context(mock.patch.object(_tune, "choose", choose))
+        for dtype in dtypes:
+            for (_, N, C, H, W, K, R, S, st, pad, dil, G, act, k, bias) in LAYERS:
+                p = ConvParams((st, st), (pad,) * 4, (dil, dil), G, act, k)
+                x = torch.randn(N, C, H, W, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                w = torch.randn(K, C // G, R, S, dtype=dtype)
+                b = torch.randn(K, dtype=dtype) if bias else None
+                dw = C // G == 1 and G > 1
+                fwd = depthwise.depthwise_fwd if dw else conv_fwd.conv2d_fwd
+                y, idx = fwd(x, w, b, p)
+                dy = torch.randn_like(y)
+                saved_y, saved_idx = (y if act else None), (idx if k > 1 else None)
+                (depthwise.depthwise_dgrad if dw else conv_dgrad.conv2d_dgrad)(dy, x, w, saved_y, saved_idx, p)
+                (depthwise.depthwise_wgrad if dw else conv_wgrad.conv2d_wgrad)(dy, x, w.shape, saved_y,
+                                                                                saved_idx, p)
+                conv_wgrad.conv2d_bias_grad(dy, saved_y, p)
+            x = torch.randn(1, 64, 28, 28, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            for pk in POOLS:
+                pp = PoolParams(*pk)
+                y, idx = pool.max_pool2d_fwd(x, pp)
+                pool.max_pool2d_bwd(torch.randn_like(y), idx, (28, 28), pp)
+            relu.relu_bwd(x, relu.relu_fwd(x))
+    return log
+
+
+EXIT_UNSUPPORTED = 3  # this Triton's launch internals differ: nothing was checked
+
+
+class InternalsMismatch(RuntimeError):
+    """Triton's launch internals are not the ones this check was written against."""
+
+
+def compile_launch(fn, args, kw, arch: int):
+    """triton.compile one recorded launch for cuda sm_<arch>, specialized like JITFunction.run."""
+    import triton
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, make_backend
+        from triton.runtime.jit import create_function_from_signature
+
+        target = GPUTarget("cuda", arch, 32)
+        backend = make_backend(target)
+        kw = dict(kw)
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        bound, spec, options = binder(*args, **kw)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, options)
+        src = ASTSource(fn, signature, constexprs, attrs)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        raise InternalsMismatch(f"triton {triton.__version__}: {type(e).__name__}: {e}") from e
+    return triton.compile(src, target=target, options=options.__dict__)
+
+
+def _registers(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack bytes per thread) from cuobjdump of the triton wheel, or (-1, -1)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return -1, -1
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+
+
+def describe(compiled) -> dict:
+    ttgir = compiled.asm["ttgir"]
+    regs, stack = _registers(compiled.asm["cubin"])
+    return {
+        "regs": regs,
+        "stack": stack,
+        "shared": compiled.metadata.shared,
+        "warps": compiled.metadata.num_warps,
+        "wgmma": "warp_group_dot" in ttgir,
+        "mma": "nvidia_mma" in ttgir,
+        "pipelined": "async_copy_global_to_local" in ttgir or "async_tma" in ttgir,
+    }
+
+
+def _label(fn, kw):
+    meta = ",".join(f"{k}={v}" for k, v in sorted(kw.items())
+                    if k.startswith(("BLOCK", "num_", "POOL", "FLAT", "ONE_TAP", "RELU")))
+    return f"{fn.__name__}[{meta}]"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
+    ap.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="default: bf16 and fp32")
+    ap.add_argument("--all-configs", action="store_true", help="compile every tuning candidate")
+    a = ap.parse_args(argv)
+    from ._common import INTERPRET
+
+    if INTERPRET:
+        print("TRITON_INTERPRET is set: the kernels are interpreted, there is nothing to compile", file=sys.stderr)
+        return 2
+    log = record([DTYPES[d] for d in a.dtype or ["bf16", "fp32"]], a.all_configs)
+    seen, failures = set(), 0
+    for fn, args, kw in log:
+        sig = tuple(str(t.dtype) if isinstance(t, torch.Tensor) else (t == 1, t % 16 == 0) if isinstance(t, int)
+                    else t for t in args)
+        key = (fn.__name__, sig, tuple(sorted(kw.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        t0 = time.time()
+        try:
+            d = describe(compile_launch(fn, args, kw, a.arch))
+        except InternalsMismatch as e:
+            print(f"cannot drive this Triton's compiler: {e}", file=sys.stderr)
+            return EXIT_UNSUPPORTED
+            print(f"ok   {time.time() - t0:5.1f}s  regs {d['regs']:3d} stack {d['stack']:4d}  smem {d['shared']:6d}  "
+                  f"wgmma {d['wgmma']:d}  pipelined {d['pipelined']:d}  {_label(fn, kw)}", flush=True)
+        except Exception as e:  # report every failing launch, then fail
+            failures += 1
+            print(f"FAIL {_label(fn, kw)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  flush=True)
+    print(f"{len(seen) - failures} compiled, {failures} failed (sm_{a.arch})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Fused conv2d forward as an implicit GEMM: y = pool_k(relu(conv(x, w) + b)).
+
+The GEMM, per group g (grid axis 1)::
+
+              N = Kg output channels (BLOCK_N)
+             +------------------+
+    M rows   | acc = A @ B      |   A[m, (r, s, c)] = x[n, g*Cg + c, oh*sh - pt + r*dh, ow*sw - pl + s*dw]
+    (BLOCK_M)|                  |                     (0 outside the input: the padding)
+             +------------------+   B[(r, s, c), k] = w[g*Kg + k, c, r, s] = packed[k, r, s, c]
+      reduction K = R*S*Cg (BLOCK_K)
+
+* M = N*PO*QO*KK rows: one row per conv output pixel (n, oh, ow) that some
+  pooling window covers, ordered window by window: row m of tile pid_m is
+  element e = m % KK of window pid_m*BW + m // KK, with (di, dj) = divmod(e, k)
+  and (oh, ow) = (k*po + di, k*qo + dj); KK = k*k rounded up to a power of two
+  (rows e >= k*k are padding, never loaded). Without pooling KK = 1 and the
+  rows are the plain (n, oh, ow). Conv outputs on the ragged edge (past the last
+  full window) are neither computed nor stored.
+* The reduction walks the taps either as (r, s, channel block) -- each step one
+  tap, BLOCK_K contiguous channels, a row mask per tap -- or, for small Cg
+  (FLAT; e.g. RGB first layers, C*R*S < 32), as the flattened index
+  (r*S + s)*Cg + c in steps of BLOCK_K, so a 3-channel 3x3 filter is one
+  27-of-32 step instead of nine 3-of-16 steps on the tensor cores.
+* Accumulation in fp32 (tensor cores for fp16/bf16; tf32 or ieee for fp32);
+  the epilogue (``_common.store_pooled``) pools the accumulator, then adds the
+  bias and applies relu, and stores y and the uint8 window index.
+
+Pointers: x [N, C, H, W] with strides (sxn, sxc, sxh, sxw) (channels_last on a
+GPU); packed w [K, R, S, Cg] contiguous; b [K]; y and idx [N, K, PO, QO] with
+strides (syn, syk, syh, syw).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._layout import empty, memory_format_of
+from ..._params import ConvParams
+from . import _tune
+from ._common import (cdiv, device_guard, dot_precision, mma, nhwc_on_gpu, store_pooled, strides4, upcast_dot,
+                      window_rows)
+from ._pack import packed_weight
+from .configs import conv_fwd_configs
+
+# Below this many channels per group the reduction is flattened over (r, s, c).
+FLAT_BELOW_CG = 16
+
+
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NWIN", "pad_h", "pad_w"])
+def _conv_fwd_kernel(
+    # Pointers
+    x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
+    w_ptr,    # [K, R, S, Cg] packed, contiguous
+    b_ptr,    # [K] (read only when HAS_BIAS)
+    y_ptr,    # [N, K, PO, QO], strides (syn, syk, syh, syw)
+    idx_ptr,  # [N, K, PO, QO] uint8, same strides as y (written only when POOL > 1)
+    # Dimensions
+    H, W, PO, QO, NWIN, Cg, Kg, R, S,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    sxn, sxc, sxh, sxw, syn, syk, syh, syw,
+    # Meta-parameters
+    POOL: tl.constexpr, KK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    FLAT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    num_n = tl.cdiv(Kg, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    BW: tl.constexpr = BLOCK_M // KK
+
+    # rows: conv output pixels, window by window
+    rows = tl.arange(0, BLOCK_M)
+    win = pid_m * BW + rows // KK
+    e = rows % KK
+    m_ok = (win < NWIN) & (e < POOL * POOL)
+    n = win // (PO * QO)
+    oh = ((win // QO) % PO) * POOL + e // POOL
+    ow = (win % QO) * POOL + e % POOL
+    ih0 = oh * str_h - pad_h
+    iw0 = ow * str_w - pad_w
+    x_rows = x_ptr + n.to(tl.int64) * sxn + (g * Cg) * sxc  # [BLOCK_M] pointers
+
+    # columns: output channels of group g
+    kn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = kn < Kg
+    RSC = R * S * Cg
+    w_cols = w_ptr + (g * Kg + kn).to(tl.int64) * RSC  # [BLOCK_N] pointers
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if FLAT:
+        x_taps = x_rows + ih0 * sxh + iw0 * sxw  # [BLOCK_M] pointers to tap (0, 0), channel 0
+        for k0 in range(0, RSC, BLOCK_K):
+            kr = k0 + tl.arange(0, BLOCK_K)  # flattened (r*S + s)*Cg + c
+            k_ok = kr < RSC
+            c = kr % Cg
+            rs = kr // Cg
+            dr = (rs // S) * dil_h
+            ds = (rs % S) * dil_w
+            ih = ih0[:, None] + dr[None, :]
+            iw = iw0[:, None] + ds[None, :]
+            a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_taps[:, None] + (c * sxc + dr * sxh + ds * sxw)[None, :], mask=a_ok, other=0.0)
+            b = tl.load(w_cols[None, :] + kr[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, PRECISION, UPCAST)
+    else:
+        NCB = tl.cdiv(Cg, BLOCK_K)
+        for t in range(0, R * S * NCB):
+            rs = t // NCB
+            c = (t % NCB) * BLOCK_K + tl.arange(0, BLOCK_K)
+            c_ok = c < Cg
+            ih = ih0 + (rs // S) * dil_h
+            iw = iw0 + (rs % S) * dil_w
+            r_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                        mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_cols[None, :] + (rs * Cg + c)[:, None], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, PRECISION, UPCAST)
+
+    store_pooled(acc, pid_m, g * Kg + kn, n_ok, b_ptr, y_ptr, idx_ptr, NWIN, PO, QO,
+                 syn, syk, syh, syw, POOL, KK, BLOCK_M, BLOCK_N, HAS_BIAS, RELU)
+
+
+def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: ConvParams):
+    """(y, idx) of the fused op; y and idx keep x's memory format, idx is empty without pooling."""
+    fmt = memory_format_of(x)
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    G, k = p.groups, p.pool
+    Kg = K // G
+    P, Q = p.conv_hw(H, W, R, S)
+    PO, QO = P // k, Q // k
+    y = empty((N, K, PO, QO), x, fmt)
+    idx = empty((N, K, PO, QO), x, fmt, torch.uint8) if k > 1 else torch.empty(0, dtype=torch.uint8,
+                                                                                device=x.device)
+    if y.numel() == 0:
+        return y, idx
+    xk = nhwc_on_gpu(x)
+    wp = packed_weight(w)
+    KK = window_rows(k)
+    NWIN = N * PO * QO
+    flat = Cg < FLAT_BELOW_CG
+    cfgs = conv_fwd_configs(NWIN * KK, Kg, R * S * Cg if flat else Cg, KK, x.element_size(), R == S == 1, flat)
+    key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
+    args = dict(POOL=k, KK=KK, HAS_BIAS=b is not None, RELU=p.relu, FLAT=flat,
+                PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
+
+    def run(cfg):
+        cfg = dict(cfg, BLOCK_M=max(cfg["BLOCK_M"], KK))
+        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(Kg, cfg["BLOCK_N"]), G)
+        _conv_fwd_kernel[grid](
+            xk, wp, b if b is not None else wp, y, idx if k > 1 else y,
+            H, W, PO, QO, NWIN, Cg, Kg, R, S,
+            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            *strides4(xk), *strides4(y), **args, **cfg)
+
+    with device_guard(x):
+        run(_tune.choose("conv_fwd", key, cfgs, run, x.device))
+    return y, idx

@@ -1,0 +1,214 @@
+"""Weight and bias gradients of the fused conv.
+
+wgrad, an implicit GEMM with split-K over the conv output pixels::
+
+    dw[g*Kg + k, c, r, s] = sum over (n, oh, ow) of
+                            dC[n, g*Kg + k, oh, ow] * x[n, g*Cg + c, oh*sh - pt + r*dh, ow*sw - pl + s*dw]
+
+              R*S*Cg columns (r, s, c) (BLOCK_N)
+             +------------------+
+    Kg rows  | acc = A @ B      |   A[k, npq] = dC[n, g*Kg + k, oh, ow]     (unpool prologue)
+    (BLOCK_M)|                  |   B[npq, (r, s, c)] = x[n, g*Cg + c, ih, iw] (0 in the padding)
+             +------------------+
+      reduction over npq = (n, oh, ow) (BLOCK_K), split in SPLIT chunks (grid axis 1)
+
+The columns use the flattened index (r*S + s)*Cg + c of the packed weight, so
+small-C filters fill whole tiles. Only the conv outputs inside pooling windows
+(oh < PO*k, ow < QO*k) are visited; the ragged edge has dC = 0. dC is rebuilt
+from (dy, y, idx) per tile, never stored. Partial sums of the SPLIT chunks
+are added in fp32 with atomics into dw_acc [K, R*S*Cg] (zeroed first); the
+launcher casts and unpacks it to [K, Cg, R, S].
+
+Bias gradient, one reduction over the pooled gradient: exactly one element of
+each window receives dy, so sum_window dC = dy * (not RELU or y > 0) and
+
+    db[k] = sum over (n, po, qo) of dy[n, k, po, qo] * (not RELU or y[n, k, po, qo] > 0)
+
+Pointers: dy, y, idx [N, K, PO, QO] sharing strides (sdn, sdk, sdh, sdw);
+x [N, C, H, W] with strides (sxn, sxc, sxh, sxw); dw_acc, db_acc fp32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._layout import memory_format_of
+from ..._params import ConvParams
+from . import _tune
+from ._common import (INTERPRET, cdiv, device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4,
+                      upcast_dot)
+from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
+
+
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "PP", "QQ", "NPQ", "CHUNK", "pad_h", "pad_w"])
+def _conv_wgrad_kernel(
+    # Pointers
+    dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
+    y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
+    idx_ptr,  # [N, K, PO, QO] uint8 window index (read only when POOL > 1)
+    x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
+    dw_ptr,   # [K, R*S*Cg] fp32 accumulator (zeroed when ATOMIC)
+    # Dimensions
+    H, W, PO, QO, PP, QQ, NPQ, CHUNK, Cg, Kg, R, S,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    sdn, sdk, sdh, sdw, sxn, sxc, sxh, sxw,
+    # Meta-parameters
+    POOL: tl.constexpr, RELU: tl.constexpr, ATOMIC: tl.constexpr, ONE_TAP: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    g = tl.program_id(2)
+    RSC = R * S * Cg
+    num_n = tl.cdiv(RSC, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+
+    # rows of dw: output channels of group g
+    k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_ok = k < Kg
+    # columns of dw: flattened (r*S + s)*Cg + c; with ONE_TAP (Cg % BLOCK_N == 0) the tile is
+    # one tap (r, s) and BLOCK_N channels, so the padding mask depends on the row only
+    col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = col < RSC
+    if ONE_TAP:
+        c = (pid_n * BLOCK_N) % Cg + tl.arange(0, BLOCK_N)
+        rs = (pid_n * BLOCK_N) // Cg
+    else:
+        c = col % Cg
+        rs = col // Cg
+    r_dil = (rs // S) * dil_h
+    s_dil = (rs % S) * dil_w
+    x_cols = (g * Cg + c) * sxc + r_dil * sxh + s_dil * sxw
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    lo = split * CHUNK
+    hi = tl.minimum(lo + CHUNK, NPQ)
+    for t0 in range(lo, hi, BLOCK_K):
+        npq = t0 + tl.arange(0, BLOCK_K)
+        r_ok = npq < hi
+        n = npq // (PP * QQ)
+        oh = (npq // QQ) % PP
+        ow = npq % QQ
+        a = load_dc(dy_ptr, y_ptr, idx_ptr, n, oh, ow, g * Kg + k, r_ok, k_ok,
+                    PO, QO, sdn, sdk, sdh, sdw, POOL, RELU)  # [BLOCK_K, BLOCK_M]
+        ih0 = oh * str_h - pad_h
+        iw0 = ow * str_w - pad_w
+        if ONE_TAP:
+            ih = ih0 + r_dil
+            iw = iw0 + s_dil
+            b_ok = (r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & col_ok[None, :]
+        else:
+            ih = ih0[:, None] + r_dil[None, :]
+            iw = iw0[:, None] + s_dil[None, :]
+            b_ok = r_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_rows = n.to(tl.int64) * sxn + ih0 * sxh + iw0 * sxw
+        b = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :], mask=b_ok, other=0.0)
+        acc = mma(tl.trans(a), b, acc, PRECISION, UPCAST)
+
+    out = dw_ptr + (g * Kg + k).to(tl.int64)[:, None] * RSC + col[None, :]
+    mask = k_ok[:, None] & col_ok[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=mask)
+    else:
+        tl.store(out, acc, mask=mask)
+
+
+@triton.jit(do_not_specialize=["NOUT", "PO", "QO", "CHUNK"])
+def _bias_grad_kernel(
+    # Pointers
+    dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
+    y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
+    db_ptr,   # [K] fp32 accumulator, zeroed
+    # Dimensions
+    NOUT, PO, QO, K, CHUNK, sdn, sdk, sdh, sdw,
+    # Meta-parameters
+    RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    ch = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ch_ok = ch < K
+    lo = tl.program_id(1) * CHUNK
+    hi = tl.minimum(lo + CHUNK, NOUT)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for t0 in range(lo, hi, BLOCK_M):
+        pix = t0 + tl.arange(0, BLOCK_M)
+        n = pix // (PO * QO)
+        off = (n.to(tl.int64) * sdn + ((pix // QO) % PO) * sdh + (pix % QO) * sdw)[:, None] + ch[None, :] * sdk
+        mask = (pix < hi)[:, None] & ch_ok[None, :]
+        v = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if RELU:
+            v = tl.where(tl.load(y_ptr + off, mask=mask, other=0.0) > 0, v, 0.0)
+        acc += v
+    tl.atomic_add(db_ptr + ch, tl.sum(acc, axis=0), mask=ch_ok)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_count(tiles: int, reduction: int, block: int, device: torch.device) -> int:
+    """Chunks of a split-K reduction: enough programs for two waves on the GPU, at least
+    8 reduction steps per chunk; 1 in the interpreter."""
+    if INTERPRET or device.type != "cuda":
+        return 1
+    want = max(1, 2 * _num_sms(device) // max(tiles, 1))
+    return max(1, min(want, reduction // (8 * block)))
+
+
+def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
+    """dw [K, Cg, R, S] contiguous, in x's dtype."""
+    N, C, H, W = x.shape
+    K, Cg, R, S = w_shape
+    G, k = p.groups, p.pool
+    Kg = K // G
+    RSC = R * S * Cg
+    PO, QO = dy.shape[2], dy.shape[3]
+    PP, QQ = PO * k, QO * k
+    NPQ = N * PP * QQ
+    xk = nhwc_on_gpu(x)
+    dyk = nhwc_on_gpu(dy)
+    saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
+             for t in (y, idx)]
+    dw_acc = torch.empty((K, RSC), dtype=torch.float32, device=x.device)
+    cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1, Cg, dc_bytes(x.element_size(), p.relu, k))
+    key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
+    args = dict(POOL=k, RELU=p.relu, PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
+
+    def run(cfg):
+        tiles = cdiv(Kg, cfg["BLOCK_M"]) * cdiv(RSC, cfg["BLOCK_N"])
+        split = split_count(tiles * G, NPQ, cfg["BLOCK_K"], x.device)
+        chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+        split = cdiv(NPQ, chunk)
+        if split > 1:
+            dw_acc.zero_()
+        _conv_wgrad_kernel[(tiles, split, G)](
+            dyk, saved[0], saved[1], xk, dw_acc,
+            H, W, PO, QO, PP, QQ, NPQ, chunk, Cg, Kg, R, S,
+            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            *strides4(dyk), *strides4(xk), ATOMIC=split > 1, ONE_TAP=Cg % cfg["BLOCK_N"] == 0,
+            **args, **cfg)
+
+    with device_guard(x):
+        run(_tune.choose("conv_wgrad", key, cfgs, run, x.device))
+    return dw_acc.view(K, R, S, Cg).permute(0, 3, 1, 2).to(x.dtype).contiguous()
+
+
+def conv2d_bias_grad(dy, y, p: ConvParams) -> torch.Tensor:
+    """db [K] in dy's dtype."""
+    N, K, PO, QO = dy.shape
+    dyk = nhwc_on_gpu(dy)
+    yk = nhwc_on_gpu(y).contiguous(memory_format=memory_format_of(dyk)) if y is not None else dyk
+    NOUT = N * PO * QO
+    db = torch.zeros(K, dtype=torch.float32, device=dy.device)
+    cfg = _tune.choose("bias_grad", (K,), bias_grad_configs(K), lambda c: None, dy.device)
+    col_tiles = cdiv(K, cfg["BLOCK_N"])
+    split = split_count(col_tiles, NOUT, cfg["BLOCK_M"], dy.device)
+    chunk = cdiv(cdiv(NOUT, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+    with device_guard(dy):
+        _bias_grad_kernel[(col_tiles, cdiv(NOUT, chunk))](
+            dyk, yk, db, NOUT, PO, QO, K, chunk, *strides4(dyk), RELU=p.relu, **cfg)
+    return db.to(dy.dtype)

@@ -1,0 +1,271 @@
+"""Depthwise conv (groups == C, one input channel per group), forward and backward.
+
+Output channel k reads input channel k // MULT (MULT = K / C, the channel
+multiplier), with a weight w[k, 0, r, s]:
+
+    c[n, k, oh, ow]   = sum over (r, s) of x[n, k // MULT, oh*sh - pt + r*dh, ow*sw - pl + s*dw] * w[k, 0, r, s]
+    dx[n, ci, h, w]   = sum over j < MULT and taps (r, s) with oh*sh = h + pt - r*dh, ow*sw = w + pl - s*dw
+                        of dC[n, ci*MULT + j, oh, ow] * w[ci*MULT + j, 0, r, s]
+    dw[k, 0, r, s]    = sum over (n, oh, ow) of dC[n, k, oh, ow] * x[n, k // MULT, ih, iw]
+
+There is no reduction over channels, so a GEMM would leave the tensor cores
+idle: these are direct kernels on [BLOCK_M pixels, BLOCK_N channels] tiles
+with fp32 accumulation, channels on the fast axis (contiguous in
+channels_last). The forward shares the window-ordered rows and the fused
+bias/relu/pool epilogue of the implicit GEMM (``_common.store_pooled``); the
+backward rebuilds dC from (dy, y, idx) (``_common.load_dc``). wgrad splits
+the pixels in chunks (grid axis 1), keeps one fp32 row per tap
+[RS_P2, BLOCK_N] and adds it into dw_acc [K, R*S] with atomics.
+
+Pointers: x, dx [N, C, H, W] with strides (sxn, sxc, sxh, sxw); dy, y, idx
+[N, K, PO, QO] sharing strides (sdn, sdk, sdh, sdw) (y, idx of the forward:
+(syn, syk, syh, syw)); w as [K, R*S] contiguous.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._layout import empty, memory_format_of
+from ..._params import ConvParams
+from . import _tune
+from ._common import cdiv, device_guard, load_dc, next_pow2, nhwc_on_gpu, store_pooled, strides4, window_rows
+from .configs import depthwise_configs
+from .conv_wgrad import split_count
+
+
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NWIN", "pad_h", "pad_w"])
+def _depthwise_fwd_kernel(
+    # Pointers
+    x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
+    w_ptr,    # [K, R*S] contiguous
+    b_ptr,    # [K] (read only when HAS_BIAS)
+    y_ptr,    # [N, K, PO, QO], strides (syn, syk, syh, syw)
+    idx_ptr,  # [N, K, PO, QO] uint8, same strides as y (written only when POOL > 1)
+    # Dimensions
+    H, W, PO, QO, NWIN, K, MULT, R, S,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    sxn, sxc, sxh, sxw, syn, syk, syh, syw,
+    # Meta-parameters
+    POOL: tl.constexpr, KK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(K, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    BW: tl.constexpr = BLOCK_M // KK
+    rows = tl.arange(0, BLOCK_M)
+    win = pid_m * BW + rows // KK
+    e = rows % KK
+    m_ok = (win < NWIN) & (e < POOL * POOL)
+    n = win // (PO * QO)
+    ih0 = (((win // QO) % PO) * POOL + e // POOL) * str_h - pad_h
+    iw0 = ((win % QO) * POOL + e % POOL) * str_w - pad_w
+    x_rows = x_ptr + n.to(tl.int64) * sxn
+
+    k = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ok = k < K
+    x_cols = (k // MULT) * sxc
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for rs in range(0, R * S):
+        ih = ih0 + (rs // S) * dil_h
+        iw = iw0 + (rs % S) * dil_w
+        ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = tl.load(x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + x_cols[None, :],
+                    mask=ok[:, None] & k_ok[None, :], other=0.0)
+        wv = tl.load(w_ptr + k * (R * S) + rs, mask=k_ok, other=0.0)
+        acc += a.to(tl.float32) * wv.to(tl.float32)[None, :]
+    store_pooled(acc, pid_m, k, k_ok, b_ptr, y_ptr, idx_ptr, NWIN, PO, QO,
+                 syn, syk, syh, syw, POOL, KK, BLOCK_M, BLOCK_N, HAS_BIAS, RELU)
+
+
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NPIX", "pad_h", "pad_w"])
+def _depthwise_dgrad_kernel(
+    # Pointers
+    dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
+    y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
+    idx_ptr,  # [N, K, PO, QO] uint8 window index (read only when POOL > 1)
+    w_ptr,    # [K, R*S] contiguous
+    dx_ptr,   # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
+    # Dimensions
+    H, W, PO, QO, NPIX, C, MULT, R, S,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    sdn, sdk, sdh, sdw, sxn, sxc, sxh, sxw,
+    # Meta-parameters
+    POOL: tl.constexpr, RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(C, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = rows < NPIX
+    n = rows // (H * W)
+    h = (rows // W) % H
+    w = rows % W
+    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = c < C
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for rs in range(0, R * S):
+        th = h + pad_h - (rs // S) * dil_h  # = oh * str_h when this tap hits an output
+        tw = w + pad_w - (rs % S) * dil_w
+        ok = m_ok & (th >= 0) & (tw >= 0) & (th % str_h == 0) & (tw % str_w == 0)
+        oh = tl.where(ok, th, 0) // str_h
+        ow = tl.where(ok, tw, 0) // str_w
+        for j in range(0, MULT):
+            k = c * MULT + j
+            dc = load_dc(dy_ptr, y_ptr, idx_ptr, n, oh, ow, k, ok, c_ok, PO, QO, sdn, sdk, sdh, sdw, POOL, RELU)
+            wv = tl.load(w_ptr + k * (R * S) + rs, mask=c_ok, other=0.0)
+            acc += dc.to(tl.float32) * wv.to(tl.float32)[None, :]
+    off = (n.to(tl.int64) * sxn + h * sxh + w * sxw)[:, None] + c[None, :] * sxc
+    tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["H", "W", "PO", "QO", "PP", "QQ", "NPQ", "CHUNK", "pad_h", "pad_w"])
+def _depthwise_wgrad_kernel(
+    # Pointers
+    dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
+    y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
+    idx_ptr,  # [N, K, PO, QO] uint8 window index (read only when POOL > 1)
+    x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
+    dw_ptr,   # [K, R*S] fp32 accumulator, zeroed
+    # Dimensions
+    H, W, PO, QO, PP, QQ, NPQ, CHUNK, K, MULT, R, S,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    sdn, sdk, sdh, sdw, sxn, sxc, sxh, sxw,
+    # Meta-parameters
+    POOL: tl.constexpr, RELU: tl.constexpr, RS_P2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    k = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ok = k < K
+    x_cols = (k // MULT) * sxc
+    taps = tl.arange(0, RS_P2)
+    acc = tl.zeros([RS_P2, BLOCK_N], dtype=tl.float32)
+    lo = tl.program_id(1) * CHUNK
+    hi = tl.minimum(lo + CHUNK, NPQ)
+    for t0 in range(lo, hi, BLOCK_M):
+        npq = t0 + tl.arange(0, BLOCK_M)
+        r_ok = npq < hi
+        n = npq // (PP * QQ)
+        oh = (npq // QQ) % PP
+        ow = npq % QQ
+        dc = load_dc(dy_ptr, y_ptr, idx_ptr, n, oh, ow, k, r_ok, k_ok,
+                     PO, QO, sdn, sdk, sdh, sdw, POOL, RELU).to(tl.float32)
+        ih0 = oh * str_h - pad_h
+        iw0 = ow * str_w - pad_w
+        x_rows = x_ptr + n.to(tl.int64) * sxn + ih0 * sxh + iw0 * sxw
+        for rs in range(0, R * S):
+            dr = (rs // S) * dil_h
+            ds = (rs % S) * dil_w
+            ok = r_ok & (ih0 + dr >= 0) & (ih0 + dr < H) & (iw0 + ds >= 0) & (iw0 + ds < W)
+            xv = tl.load(x_rows[:, None] + (dr * sxh + ds * sxw) + x_cols[None, :],
+                         mask=ok[:, None] & k_ok[None, :], other=0.0)
+            part = tl.sum(dc * xv.to(tl.float32), axis=0)
+            acc += tl.where(taps[:, None] == rs, part[None, :], 0.0)
+    tl.atomic_add(dw_ptr + k[None, :] * (R * S) + taps[:, None], acc,
+                  mask=(taps < R * S)[:, None] & k_ok[None, :])
+
+
+def _flat_weight(w: torch.Tensor) -> torch.Tensor:
+    """w [K, 1, R, S] -> [K, R*S] contiguous (a view for a contiguous w)."""
+    return w.reshape(w.shape[0], w.shape[2] * w.shape[3]).contiguous()
+
+
+def _key(x, w_shape, p: ConvParams, layout):
+    return (tuple(x.shape), tuple(w_shape), p.stride, p.padding, p.dilation, p.relu, p.pool,
+            str(x.dtype), layout)
+
+
+def depthwise_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: ConvParams):
+    fmt = memory_format_of(x)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    k = p.pool
+    P, Q = p.conv_hw(H, W, R, S)
+    PO, QO = P // k, Q // k
+    y = empty((N, K, PO, QO), x, fmt)
+    idx = empty((N, K, PO, QO), x, fmt, torch.uint8) if k > 1 else torch.empty(0, dtype=torch.uint8,
+                                                                                device=x.device)
+    if y.numel() == 0:
+        return y, idx
+    xk = nhwc_on_gpu(x)
+    wf = _flat_weight(w)
+    KK = window_rows(k)
+    NWIN = N * PO * QO
+    args = dict(POOL=k, KK=KK, HAS_BIAS=b is not None, RELU=p.relu)
+
+    def run(cfg):
+        cfg = dict(cfg, BLOCK_M=max(cfg["BLOCK_M"], KK))
+        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(K, cfg["BLOCK_N"]),)
+        _depthwise_fwd_kernel[grid](
+            xk, wf, b if b is not None else wf, y, idx if k > 1 else y,
+            H, W, PO, QO, NWIN, K, K // C, R, S,
+            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            *strides4(xk), *strides4(y), **args, **cfg)
+
+    with device_guard(x):
+        run(_tune.choose("depthwise_fwd", _key(x, w.shape, p, xk.stride()),
+                         depthwise_configs("depthwise_fwd", K, KK), run, x.device))
+    return y, idx
+
+
+def _saved(dy, y, idx):
+    dyk = nhwc_on_gpu(dy)
+    return dyk, [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
+                 for t in (y, idx)]
+
+
+def depthwise_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
+    fmt = memory_format_of(x)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    dx = empty(x.shape, x, fmt)
+    dyk, saved = _saved(dy, y, idx)
+    wf = _flat_weight(w)
+    NPIX = N * H * W
+    args = dict(POOL=p.pool, RELU=p.relu)
+
+    def run(cfg):
+        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
+        _depthwise_dgrad_kernel[grid](
+            dyk, saved[0], saved[1], wf, dx,
+            H, W, dy.shape[2], dy.shape[3], NPIX, C, K // C, R, S,
+            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            *strides4(dyk), *strides4(dx), **args, **cfg)
+
+    with device_guard(x):
+        run(_tune.choose("depthwise_dgrad", _key(x, w.shape, p, dyk.stride()),
+                         depthwise_configs("depthwise_dgrad", C), run, x.device))
+    return dx
+
+
+def depthwise_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
+    N, C, H, W = x.shape
+    K, _, R, S = w_shape
+    k = p.pool
+    PO, QO = dy.shape[2], dy.shape[3]
+    PP, QQ = PO * k, QO * k
+    NPQ = N * PP * QQ
+    xk = nhwc_on_gpu(x)
+    dyk, saved = _saved(dy, y, idx)
+    dw_acc = torch.empty((K, R * S), dtype=torch.float32, device=x.device)
+    args = dict(POOL=k, RELU=p.relu, RS_P2=next_pow2(R * S))
+
+    def run(cfg):
+        tiles = cdiv(K, cfg["BLOCK_N"])
+        split = split_count(tiles, NPQ, cfg["BLOCK_M"], x.device)
+        chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+        dw_acc.zero_()
+        _depthwise_wgrad_kernel[(tiles, cdiv(NPQ, chunk))](
+            dyk, saved[0], saved[1], xk, dw_acc,
+            H, W, PO, QO, PP, QQ, NPQ, chunk, K, K // C, R, S,
+            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            *strides4(dyk), *strides4(xk), **args, **cfg)
+
+    with device_guard(x):
+        run(_tune.choose("depthwise_wgrad", _key(x, w_shape, p, xk.stride()),
+                         depthwise_configs("depthwise_wgrad", K), run, x.device))
+    return dw_acc.view(K, 1, R, S).to(x.dtype)
