@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include "../common.h"
+#include "cpu_kernel.h"
 
 namespace fastconv {
 namespace cpu {
@@ -28,6 +29,63 @@ void direct_conv_fwd(const at::Tensor& x, const at::Tensor& w, const c10::option
 void direct_conv_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
                      const at::Tensor& idx, const ConvGeom& g, bool need_dx, bool need_dw, bool need_db,
                      at::Tensor& dx, at::Tensor& dw, at::Tensor& db);
+
+// ---------------------------------------------------------------- row transfer
+
+// Raw view of a 4-D [N, K, PO, QO] tensor in either memory format.
+template <typename S>
+struct View4 {
+  S* p;
+  int64_t sN, sK, sP, sQ;
+  View4() : p(nullptr), sN(0), sK(0), sP(0), sQ(0) {}
+  View4(S* data, const at::Tensor& t) : p(data), sN(t.stride(0)), sK(t.stride(1)), sP(t.stride(2)), sQ(t.stride(3)) {}
+  S* at(int64_t n, int64_t k, int64_t po) const { return p + n * sN + k * sK + po * sP; }
+};
+
+// out[n, k0 + l, po, qo] = buf[qo * ld + l] for l < kn, qo < QO (converted to S).
+template <typename S, typename T>
+inline void store_row(const View4<S>& out, int64_t n, int64_t po, int64_t k0, int64_t kn, int64_t QO,
+                      const T* buf, int64_t ld) {
+  if (out.sK == 1) {  // channels_last: one contiguous run of kn per qo
+    for (int64_t qo = 0; qo < QO; ++qo) {
+      S* o = out.at(n, k0, po) + qo * out.sQ;
+      const T* b = buf + qo * ld;
+      for (int64_t l = 0; l < kn; ++l) o[l] = static_cast<S>(b[l]);
+    }
+  } else {  // NCHW: one contiguous run of QO per channel
+    for (int64_t l = 0; l < kn; ++l) {
+      S* o = out.at(n, k0 + l, po);
+      for (int64_t qo = 0; qo < QO; ++qo) o[qo] = static_cast<S>(buf[qo * ld + l]);
+    }
+  }
+}
+
+// The pooled gradient of row (n, po), channels k0 .. k0 + kn - 1, into row buffers:
+//   g[qo * ld + l]  = dy * (!relu || y > 0)    (y.p == nullptr: no relu)
+//   iv[qo * ld + l] = idx                      (idx.p == nullptr: no pool)
+//   db[l]          += sum_qo g
+template <typename S, typename T>
+inline void load_grad_row(const View4<const S>& dy, const View4<const S>& y, const View4<const uint8_t>& idx,
+                          int64_t n, int64_t po, int64_t k0, int64_t kn, int64_t QO, T* g, T* iv, int64_t ld,
+                          T* db) {
+  const auto one = [&](int64_t l, int64_t qo) {
+    T gv = static_cast<T>(dy.at(n, k0 + l, po)[qo * dy.sQ]);
+    if (y.p && !(static_cast<T>(y.at(n, k0 + l, po)[qo * y.sQ]) > T(0))) gv = T(0);
+    g[qo * ld + l] = gv;
+    if (idx.p) iv[qo * ld + l] = static_cast<T>(idx.at(n, k0 + l, po)[qo * idx.sQ]);
+    return gv;
+  };
+  if (dy.sK == 1) {  // channels_last: channels innermost
+    for (int64_t qo = 0; qo < QO; ++qo)
+      for (int64_t l = 0; l < kn; ++l) db[l] += one(l, qo);
+  } else {
+    for (int64_t l = 0; l < kn; ++l) {
+      T sum = 0;
+      for (int64_t qo = 0; qo < QO; ++qo) sum += one(l, qo);
+      db[l] += sum;
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace fastconv

@@ -132,181 +132,11 @@ FASTCONV_INLINE void pixel_bases(const Plan& pl, int64_t n, int64_t po, int64_t 
   for (; j < pl.npix_pad; ++j) pb[j] = pb[pl.npix - 1];
 }
 
-// ---------------------------------------------------------------- forward row
-
-// One output row (n, po) of block blk: conv tile by tile into s.c, then the
-// epilogue into s.y (act(max + b)) and s.i (window index).
-template <typename T, int NV, bool DW>
-FASTCONV_INLINE void fwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po, int64_t blk) {
-  constexpr int L = kLanes<T>;
-  constexpr int KB = NV * L;
-  constexpr int TP = NV == 1 ? 8 : 4;
-  using V = Vec<T>;
-  const Plan& pl = *op.pl;
-  const int64_t taps = pl.taps, kk = pl.kk, QO = pl.g.QO;
-  const int64_t* toff = op.toff;
-  const T* wb = op.wp + blk * taps * KB;
-  int64_t* pb = s.pb.data();
-  T* c = s.c.data();
-  pixel_bases(pl, n, po, pl.xoff(blk), pb);
-
-  for (int64_t j0 = 0; j0 < pl.npix_pad; j0 += TP) {
-    const T* xj[TP];
-    for (int j = 0; j < TP; ++j) xj[j] = op.xp + pb[j0 + j];
-    V acc[TP][NV];
-    for (int j = 0; j < TP; ++j)
-      for (int v = 0; v < NV; ++v) acc[j][v] = V{};
-    for (int64_t t = 0; t < taps; ++t) {
-      const int64_t o = toff[t];
-      V wv[NV];
-      for (int v = 0; v < NV; ++v) wv[v] = vload(wb + t * KB + v * L);
-#pragma GCC unroll 8
-      for (int j = 0; j < TP; ++j) {
-        if constexpr (DW) {
-          for (int v = 0; v < NV; ++v) acc[j][v] += vload(xj[j] + o + v * L) * wv[v];
-        } else {
-          const T xv = xj[j][o];
-          for (int v = 0; v < NV; ++v) acc[j][v] += xv * wv[v];
-        }
-      }
-    }
-    for (int j = 0; j < TP; ++j)
-      for (int v = 0; v < NV; ++v) vstore(c + (j0 + j) * KB + v * L, acc[j][v]);
-  }
-
-  const bool relu = pl.g.relu;
-  const T* bias = op.bp ? op.bp + blk * KB : nullptr;
-  for (int64_t qo = 0; qo < QO; ++qo) {
-    const T* win = c + qo * kk * KB;
-    for (int v = 0; v < NV; ++v) {
-      V m = vload(win + v * L);
-      V id = V{};
-      for (int64_t jj = 1; jj < kk; ++jj) {
-        const V a = vload(win + jj * KB + v * L);
-        const auto take = (a > m) | (a != a);  // larger or NaN: ties keep the first
-        m = take ? a : m;
-        id = take ? vsplat(static_cast<T>(jj)) : id;
-      }
-      if (bias) m += vload(bias + v * L);
-      if (relu) m = (m < V{}) ? V{} : m;
-      vstore(s.y.data() + qo * KB + v * L, m);
-      if (kk > 1) vstore(s.i.data() + qo * KB + v * L, id);
-    }
-  }
-}
-
-// ---------------------------------------------------------------- backward row
-
-// One output row (n, po) of block blk, given the pooled gradient s.y and the
-// window index s.i: rebuild dC, then accumulate dw (into s.dw) and dx (into op.dxp).
-template <typename T, int NV, bool DW>
-FASTCONV_INLINE void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po, int64_t blk,
-                             bool need_dx, bool need_dw) {
-  constexpr int L = kLanes<T>;
-  constexpr int KB = NV * L;
-  constexpr int TP = NV == 1 ? 8 : 4;
-  using V = Vec<T>;
-  const Plan& pl = *op.pl;
-  const int64_t taps = pl.taps, kk = pl.kk, QO = pl.g.QO, npix = pl.npix;
-  const int64_t* toff = op.toff;
-  int64_t* pb = s.pb.data();
-  T* dC = s.c.data();
-  pixel_bases(pl, n, po, pl.xoff(blk), pb);
-
-  // unpool prologue: dC[(qo, jj), k] = g[qo, k] * (idx[qo, k] == jj)
-  for (int64_t qo = 0; qo < QO; ++qo) {
-    for (int v = 0; v < NV; ++v) {
-      const V gv = vload(s.y.data() + qo * KB + v * L);
-      if (kk == 1) {
-        vstore(dC + qo * KB + v * L, gv);
-        continue;
-      }
-      const V iv = vload(s.i.data() + qo * KB + v * L);
-      for (int64_t jj = 0; jj < kk; ++jj)
-        vstore(dC + (qo * kk + jj) * KB + v * L, (iv == static_cast<T>(jj)) ? gv : V{});
-    }
-  }
-  for (int64_t j = npix; j < pl.npix_pad; ++j)
-    for (int v = 0; v < NV; ++v) vstore(dC + j * KB + v * L, V{});
-
-  if (need_dw) {
-    // dw[t, k] += sum_j x[j, t] * dC[j, k], kDwTaps taps per register tile
-    T* dwb = s.dw.data();
-    for (int64_t t0 = 0; t0 < taps; t0 += kDwTaps) {
-      V acc[kDwTaps][NV];
-      int64_t o[kDwTaps];
-      for (int tt = 0; tt < kDwTaps; ++tt) {
-        o[tt] = toff[t0 + tt];
-        for (int v = 0; v < NV; ++v) acc[tt][v] = V{};
-      }
-      for (int64_t j = 0; j < npix; ++j) {
-        const T* xb = op.xp + pb[j];
-        V d[NV];
-        for (int v = 0; v < NV; ++v) d[v] = vload(dC + j * KB + v * L);
-#pragma GCC unroll 4
-        for (int tt = 0; tt < kDwTaps; ++tt) {
-          if constexpr (DW) {
-            for (int v = 0; v < NV; ++v) acc[tt][v] += vload(xb + o[tt] + v * L) * d[v];
-          } else {
-            const T xv = xb[o[tt]];
-            for (int v = 0; v < NV; ++v) acc[tt][v] += xv * d[v];
-          }
-        }
-      }
-      for (int64_t tt = 0; tt < kDwTaps && t0 + tt < taps; ++tt)
-        for (int v = 0; v < NV; ++v) {
-          T* p = dwb + (t0 + tt) * KB + v * L;
-          vstore(p, vload(p) + acc[tt][v]);
-        }
-    }
-  }
-
-  if (need_dx) {
-    if constexpr (DW) {
-      // lanes are channels: dxp[j + toff[t], k] += dC[j, k] * w[t, k]
-      const T* wb = op.wp + blk * taps * KB;
-      for (int64_t j = 0; j < npix; ++j) {
-        T* xb = op.dxp + pb[j];
-        V d[NV];
-        for (int v = 0; v < NV; ++v) d[v] = vload(dC + j * KB + v * L);
-        for (int64_t t = 0; t < taps; ++t)
-          for (int v = 0; v < NV; ++v) {
-            T* p = xb + toff[t] + v * L;
-            vstore(p, vload(p) + d[v] * vload(wb + t * KB + v * L));
-          }
-      }
-    } else {
-      // out[j, t] = sum_k dC[j, k] * wt[k, t], vectorised over taps, then scattered
-      const int64_t TV = pl.TV, kn = pl.kn(blk);
-      const T* wtb = op.wt + blk * KB * TV;
-      for (int64_t j0 = 0; j0 < npix; j0 += TP) {
-        for (int64_t tv0 = 0; tv0 < taps; tv0 += 2 * L) {
-          V acc[TP][2];
-          for (int j = 0; j < TP; ++j) acc[j][0] = acc[j][1] = V{};
-          for (int64_t k = 0; k < kn; ++k) {
-            const V w0 = vload(wtb + k * TV + tv0), w1 = vload(wtb + k * TV + tv0 + L);
-#pragma GCC unroll 8
-            for (int j = 0; j < TP; ++j) {
-              const T d = dC[(j0 + j) * KB + k];
-              acc[j][0] += d * w0;
-              acc[j][1] += d * w1;
-            }
-          }
-          const int64_t tn = std::min<int64_t>(2 * L, taps - tv0);
-          for (int64_t j = 0; j < TP && j0 + j < npix; ++j) {
-            T* xb = op.dxp + pb[j0 + j];
-            T out[2 * L];
-            vstore(out, acc[j][0]);
-            vstore(out + L, acc[j][1]);
-            for (int64_t t = 0; t < tn; ++t) xb[toff[tv0 + t]] += out[t];
-          }
-        }
-      }
-    }
-  }
-}
-
 // ---------------------------------------------------------------- ISA variants
+
+// The row kernels, compiled once per instruction set (see cpu_kernel.h).
+#define FASTCONV_ISA_KERNELS "conv_direct_kernel.h"
+#include "isa_each.h"
 
 template <typename T>
 using FwdFn = void (*)(const Operands<T>&, Scratch<T>&, int64_t, int64_t, int64_t);
@@ -314,64 +144,25 @@ template <typename T>
 using BwdFn = void (*)(const Operands<T>&, Scratch<T>&, int64_t, int64_t, int64_t, bool, bool);
 
 template <typename T, int NV, bool DW>
-struct Kernels {
-  static void fwd_base(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po, int64_t b) {
-    fwd_row<T, NV, DW>(op, s, n, po, b);
-  }
-  static void bwd_base(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po, int64_t b, bool dx,
-                       bool dw) {
-    bwd_row<T, NV, DW>(op, s, n, po, b, dx, dw);
-  }
-#ifdef FASTCONV_X86
-  FASTCONV_TARGET_AVX2 static void fwd_avx2(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po,
-                                            int64_t b) {
-    fwd_row<T, NV, DW>(op, s, n, po, b);
-  }
-  FASTCONV_TARGET_AVX2 static void bwd_avx2(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po,
-                                            int64_t b, bool dx, bool dw) {
-    bwd_row<T, NV, DW>(op, s, n, po, b, dx, dw);
-  }
-  FASTCONV_TARGET_AVX512 static void fwd_avx512(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po,
-                                                int64_t b) {
-    fwd_row<T, NV, DW>(op, s, n, po, b);
-  }
-  FASTCONV_TARGET_AVX512 static void bwd_avx512(const Operands<T>& op, Scratch<T>& s, int64_t n, int64_t po,
-                                                int64_t b, bool dx, bool dw) {
-    bwd_row<T, NV, DW>(op, s, n, po, b, dx, dw);
-  }
-#endif
-  static FwdFn<T> fwd() {
-#ifdef FASTCONV_X86
-    switch (cpu_isa()) {
-      case Isa::kAvx512: return &fwd_avx512;
-      case Isa::kAvx2: return &fwd_avx2;
-      default: break;
-    }
-#endif
-    return &fwd_base;
-  }
-  static BwdFn<T> bwd() {
-#ifdef FASTCONV_X86
-    switch (cpu_isa()) {
-      case Isa::kAvx512: return &bwd_avx512;
-      case Isa::kAvx2: return &bwd_avx2;
-      default: break;
-    }
-#endif
-    return &bwd_base;
-  }
-};
+FwdFn<T> fwd_for_isa() {
+  return FASTCONV_ISA_PICK(fwd_row<T, NV, DW>);
+}
+
+template <typename T, int NV, bool DW>
+BwdFn<T> bwd_for_isa() {
+  return FASTCONV_ISA_PICK(bwd_row<T, NV, DW>);
+}
 
 template <typename T>
 FwdFn<T> pick_fwd(const Plan& pl) {
-  if (pl.depthwise) return pl.NV == 1 ? Kernels<T, 1, true>::fwd() : Kernels<T, 2, true>::fwd();
-  return pl.NV == 1 ? Kernels<T, 1, false>::fwd() : Kernels<T, 2, false>::fwd();
+  if (pl.depthwise) return pl.NV == 1 ? fwd_for_isa<T, 1, true>() : fwd_for_isa<T, 2, true>();
+  return pl.NV == 1 ? fwd_for_isa<T, 1, false>() : fwd_for_isa<T, 2, false>();
 }
 
 template <typename T>
 BwdFn<T> pick_bwd(const Plan& pl) {
-  if (pl.depthwise) return pl.NV == 1 ? Kernels<T, 1, true>::bwd() : Kernels<T, 2, true>::bwd();
-  return pl.NV == 1 ? Kernels<T, 1, false>::bwd() : Kernels<T, 2, false>::bwd();
+  if (pl.depthwise) return pl.NV == 1 ? bwd_for_isa<T, 1, true>() : bwd_for_isa<T, 2, true>();
+  return pl.NV == 1 ? bwd_for_isa<T, 1, false>() : bwd_for_isa<T, 2, false>();
 }
 
 // ---------------------------------------------------------------- packing
@@ -460,11 +251,8 @@ void fwd_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::
                        nullptr, nullptr};
   const FwdFn<T> kernel = pick_fwd<T>(pl);
 
-  scalar_t* yd = y.mutable_data_ptr<scalar_t>();
-  uint8_t* id = g.pool > 1 ? idx.mutable_data_ptr<uint8_t>() : nullptr;
-  const int64_t yN = y.stride(0), yK = y.stride(1), yP = y.stride(2), yQ = y.stride(3);
-  const int64_t iN = id ? idx.stride(0) : 0, iK = id ? idx.stride(1) : 0, iP = id ? idx.stride(2) : 0,
-                iQ = id ? idx.stride(3) : 0;
+  const View4<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
+  const View4<uint8_t> iv = g.pool > 1 ? View4<uint8_t>(idx.mutable_data_ptr<uint8_t>(), idx) : View4<uint8_t>();
   const int64_t work = pl.npix * pl.taps * g.K;  // MACs per row
   at::parallel_for(0, g.N * g.PO, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work)), [&](int64_t r0, int64_t r1) {
     Scratch<T> s(pl);
@@ -472,15 +260,8 @@ void fwd_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::
       const int64_t n = row / g.PO, po = row % g.PO;
       for (int64_t blk = 0; blk < pl.nblk; ++blk) {
         kernel(op, s, n, po, blk);
-        const int64_t k0 = pl.k0(blk), kn = pl.kn(blk);
-        for (int64_t l = 0; l < kn; ++l) {
-          scalar_t* yr = yd + n * yN + (k0 + l) * yK + po * yP;
-          for (int64_t qo = 0; qo < g.QO; ++qo) yr[qo * yQ] = static_cast<scalar_t>(s.y[qo * pl.KB + l]);
-          if (id) {
-            uint8_t* ir = id + n * iN + (k0 + l) * iK + po * iP;
-            for (int64_t qo = 0; qo < g.QO; ++qo) ir[qo * iQ] = static_cast<uint8_t>(s.i[qo * pl.KB + l]);
-          }
-        }
+        store_row(yv, n, po, pl.k0(blk), pl.kn(blk), g.QO, s.y.data(), pl.KB);
+        if (iv.p) store_row(iv, n, po, pl.k0(blk), pl.kn(blk), g.QO, s.i.data(), pl.KB);
       }
     }
   });
@@ -502,14 +283,11 @@ void bwd_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, co
                        wt.data(), need_dx ? dxp.mutable_data_ptr<T>() : nullptr};
   const BwdFn<T> kernel = pick_bwd<T>(pl);
 
-  const scalar_t* dyd = dy.const_data_ptr<scalar_t>();
-  const scalar_t* yd = g.relu ? y.const_data_ptr<scalar_t>() : nullptr;
-  const uint8_t* id = g.pool > 1 ? idx.const_data_ptr<uint8_t>() : nullptr;
-  const int64_t gN = dy.stride(0), gK = dy.stride(1), gP = dy.stride(2), gQ = dy.stride(3);
-  const int64_t yN = yd ? y.stride(0) : 0, yK = yd ? y.stride(1) : 0, yP = yd ? y.stride(2) : 0,
-                yQ = yd ? y.stride(3) : 0;
-  const int64_t iN = id ? idx.stride(0) : 0, iK = id ? idx.stride(1) : 0, iP = id ? idx.stride(2) : 0,
-                iQ = id ? idx.stride(3) : 0;
+  const View4<const scalar_t> dyv(dy.const_data_ptr<scalar_t>(), dy);
+  const View4<const scalar_t> yv = g.relu ? View4<const scalar_t>(y.const_data_ptr<scalar_t>(), y)
+                                          : View4<const scalar_t>();
+  const View4<const uint8_t> iv = g.pool > 1 ? View4<const uint8_t>(idx.const_data_ptr<uint8_t>(), idx)
+                                             : View4<const uint8_t>();
 
   const int64_t chunks = num_chunks(g.N);
   const int64_t dw_size = pl.nblk * pl.taps * pl.KB, db_size = pl.nblk * pl.KB;
@@ -524,22 +302,9 @@ void bwd_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, co
       if (need_dw) std::fill(s.dw.begin(), s.dw.end(), T(0));
       for (int64_t n = n0; n < n1; ++n) {
         for (int64_t po = 0; po < g.PO; ++po) {
-          // g[qo, l] = dy * (!relu || y > 0), idx as T; lanes past the block are 0
+          // lanes past the block stay 0
           std::fill(s.y.begin(), s.y.end(), T(0));
-          for (int64_t l = 0; l < kn; ++l) {
-            const scalar_t* gr = dyd + n * gN + (k0 + l) * gK + po * gP;
-            const scalar_t* yr = yd ? yd + n * yN + (k0 + l) * yK + po * yP : nullptr;
-            const uint8_t* ir = id ? id + n * iN + (k0 + l) * iK + po * iP : nullptr;
-            T sum = 0;
-            for (int64_t qo = 0; qo < g.QO; ++qo) {
-              T gv = static_cast<T>(gr[qo * gQ]);
-              if (yr && !(static_cast<T>(yr[qo * yQ]) > T(0))) gv = T(0);
-              s.y[qo * pl.KB + l] = gv;
-              sum += gv;
-              if (ir) s.i[qo * pl.KB + l] = static_cast<T>(ir[qo * iQ]);
-            }
-            dbp[l] += sum;
-          }
+          load_grad_row(dyv, yv, iv, n, po, k0, kn, g.QO, s.y.data(), s.i.data(), pl.KB, dbp);
           if (need_dx || need_dw) kernel(op, s, n, po, blk, need_dx, need_dw);
         }
       }

@@ -3,11 +3,11 @@
 // deterministic chunked parallel loop.
 //
 // SIMD without build flags: the extension is compiled with plain -O3 (it must
-// run on any x86-64), so the hot loops are written once as always-inline
-// templates on GCC/Clang vector types and instantiated inside wrapper
-// functions carrying __attribute__((target(...))). The wrapper's ISA decides
-// whether one Vec<float> is one zmm, two ymm or four xmm registers; cpu_isa()
-// picks the best wrapper the running CPU supports at call time.
+// run on any x86-64), so a hot loop is written once on GCC/Clang vector types
+// in a header that is included once per instruction set, every function in it
+// carrying that ISA's __attribute__((target(...))) (conv_direct_kernel.h).
+// The ISA decides whether one Vec<float> is one zmm, two ymm or four xmm
+// registers; cpu_isa() picks the copy the running CPU supports at call time.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -54,21 +54,6 @@ template <typename T>
 using Vec = typename VecOf<T>::type;
 template <typename T>
 constexpr int kLanes = kVecBytes / static_cast<int>(sizeof(T));
-
-template <typename T>
-FASTCONV_INLINE Vec<T> vload(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-FASTCONV_INLINE void vstore(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof v);
-}
-template <typename T>
-FASTCONV_INLINE Vec<T> vsplat(T s) {
-  return Vec<T>{} + s;
-}
 
 // ---------------------------------------------------------------- ISA choice
 
