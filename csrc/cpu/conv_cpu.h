@@ -52,7 +52,7 @@ inline void store_row(const View4<S>& out, int64_t n, int64_t po, int64_t k0, in
       const T* b = buf + qo * ld;
       for (int64_t l = 0; l < kn; ++l) o[l] = static_cast<S>(b[l]);
     }
-  } else {  // NCHW: one contiguous run of QO per channel
+  } else {  // NCHW: one contiguous run of QO per channel (sQ == 1)
     for (int64_t l = 0; l < kn; ++l) {
       S* o = out.at(n, k0 + l, po);
       for (int64_t qo = 0; qo < QO; ++qo) o[qo] = static_cast<S>(buf[qo * ld + l]);
@@ -68,21 +68,39 @@ template <typename S, typename T>
 inline void load_grad_row(const View4<const S>& dy, const View4<const S>& y, const View4<const uint8_t>& idx,
                           int64_t n, int64_t po, int64_t k0, int64_t kn, int64_t QO, T* g, T* iv, int64_t ld,
                           T* db) {
-  const auto one = [&](int64_t l, int64_t qo) {
-    T gv = static_cast<T>(dy.at(n, k0 + l, po)[qo * dy.sQ]);
-    if (y.p && !(static_cast<T>(y.at(n, k0 + l, po)[qo * y.sQ]) > T(0))) gv = T(0);
-    g[qo * ld + l] = gv;
-    if (idx.p) iv[qo * ld + l] = static_cast<T>(idx.at(n, k0 + l, po)[qo * idx.sQ]);
-    return gv;
-  };
+  const bool relu = y.p != nullptr, pool = idx.p != nullptr;
+  // element (l, qo) sits at l * e.sK + qo * e.sQ from e.at(n, k0, po)
+  const S* gr = dy.at(n, k0, po);
+  const S* yr = relu ? y.at(n, k0, po) : nullptr;
+  const uint8_t* ir = pool ? idx.at(n, k0, po) : nullptr;
   if (dy.sK == 1) {  // channels_last: channels innermost
-    for (int64_t qo = 0; qo < QO; ++qo)
-      for (int64_t l = 0; l < kn; ++l) db[l] += one(l, qo);
-  } else {
+    for (int64_t qo = 0; qo < QO; ++qo) {
+      const S* gq = gr + qo * dy.sQ;
+      T* go = g + qo * ld;
+      for (int64_t l = 0; l < kn; ++l) {
+        const T gv = static_cast<T>(gq[l]);
+        go[l] = (!relu || static_cast<T>(yr[qo * y.sQ + l]) > T(0)) ? gv : T(0);
+        db[l] += go[l];
+      }
+      if (pool)
+        for (int64_t l = 0; l < kn; ++l) iv[qo * ld + l] = static_cast<T>(ir[qo * idx.sQ + l]);
+    }
+  } else {  // NCHW: one contiguous run of QO per channel
     for (int64_t l = 0; l < kn; ++l) {
+      const S* gl = gr + l * dy.sK;
+      const S* yl = relu ? yr + l * y.sK : nullptr;
       T sum = 0;
-      for (int64_t qo = 0; qo < QO; ++qo) sum += one(l, qo);
+      for (int64_t qo = 0; qo < QO; ++qo) {
+        const T gv = static_cast<T>(gl[qo]);
+        const T v = (!relu || static_cast<T>(yl[qo]) > T(0)) ? gv : T(0);
+        g[qo * ld + l] = v;
+        sum += v;
+      }
       db[l] += sum;
+      if (pool) {
+        const uint8_t* il = ir + l * idx.sK;
+        for (int64_t qo = 0; qo < QO; ++qo) iv[qo * ld + l] = static_cast<T>(il[qo]);
+      }
     }
   }
 }
