@@ -88,7 +88,7 @@ void aten_conv_fwd(const at::Tensor& x, const at::Tensor& w, const std::optional
     const View4<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
     const View4<uint8_t> iv = g.pool > 1 ? View4<uint8_t>(idx.mutable_data_ptr<uint8_t>(), idx) : View4<uint8_t>();
     const int64_t K = g.K, row_work = g.Q * g.pool * K;
-    at::parallel_for(0, g.N * g.PO, std::max<int64_t>(1, 32768 / row_work), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, g.N * g.PO, grain_for(row_work), [&](int64_t r0, int64_t r1) {
       std::vector<T> yb(g.QO * K), ib(g.QO * K);
       for (int64_t row = r0; row < r1; ++row) {
         const int64_t n = row / g.PO, po = row % g.PO;
@@ -113,7 +113,7 @@ void build_dc(const at::Tensor& dy, const at::Tensor& y, const at::Tensor& idx, 
     const View4<const uint8_t> iv =
         g.pool > 1 ? View4<const uint8_t>(idx.const_data_ptr<uint8_t>(), idx) : View4<const uint8_t>();
     T* dcp = dc.mutable_data_ptr<T>();
-    const int64_t K = g.K, p = g.pool, rows = g.N * g.PO, chunks = num_chunks(rows);
+    const int64_t K = g.K, p = g.pool, rows = g.N * g.PO, chunks = num_chunks(rows, p * g.Q * K);
     std::vector<T> part(chunks * K, T(0));
     parallel_chunks(rows, chunks, [&](int64_t ch, int64_t r0, int64_t r1) {
       std::vector<T> gb(g.QO * K), ib(g.QO * K, T(0));

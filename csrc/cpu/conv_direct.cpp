@@ -188,7 +188,7 @@ at::Tensor pack_input(const at::Tensor& x, const Plan& pl) {
   T* dst = xp.mutable_data_ptr<T>();
   const int64_t sN = x.stride(0), sC = x.stride(1), sH = x.stride(2), sW = x.stride(3);
   const int64_t plane = pl.Hp * pl.Wp * pl.Cp;
-  at::parallel_for(0, g.N * pl.Hp, 16, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, g.N * pl.Hp, grain_for(pl.Wp * pl.Cp), [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t n = row / pl.Hp, hp = row % pl.Hp, h = hp - g.pt;
       T* d = dst + n * plane + hp * pl.Wp * pl.Cp;
@@ -254,7 +254,7 @@ void fwd_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::
   const View4<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
   const View4<uint8_t> iv = g.pool > 1 ? View4<uint8_t>(idx.mutable_data_ptr<uint8_t>(), idx) : View4<uint8_t>();
   const int64_t work = pl.npix * pl.taps * g.K;  // MACs per row
-  at::parallel_for(0, g.N * g.PO, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work)), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, g.N * g.PO, grain_for(work), [&](int64_t r0, int64_t r1) {
     Scratch<T> s(pl);
     for (int64_t row = r0; row < r1; ++row) {
       const int64_t n = row / g.PO, po = row % g.PO;
@@ -289,7 +289,7 @@ void bwd_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, co
   const View4<const uint8_t> iv = g.pool > 1 ? View4<const uint8_t>(idx.const_data_ptr<uint8_t>(), idx)
                                              : View4<const uint8_t>();
 
-  const int64_t chunks = num_chunks(g.N);
+  const int64_t chunks = num_chunks(g.N, g.PO * pl.npix * pl.taps * g.K);
   const int64_t dw_size = pl.nblk * pl.taps * pl.KB, db_size = pl.nblk * pl.KB;
   std::vector<T> dw_part(need_dw ? chunks * dw_size : 0, T(0));
   std::vector<T> db_part(chunks * db_size, T(0));
@@ -341,7 +341,7 @@ void bwd_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, co
     const T* src = dxp.const_data_ptr<T>();
     scalar_t* dst = dx.mutable_data_ptr<scalar_t>();
     const int64_t sN = dx.stride(0), sC = dx.stride(1), sH = dx.stride(2), sW = dx.stride(3);
-    at::parallel_for(0, g.N * g.H, 16, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, g.N * g.H, grain_for(g.W * g.C), [&](int64_t b, int64_t e) {
       for (int64_t row = b; row < e; ++row) {
         const int64_t n = row / g.H, h = row % g.H;
         const T* s = src + ((n * pl.Hp + h + g.pt) * pl.Wp + g.pl) * pl.Cp;

@@ -103,8 +103,18 @@ void parallel_chunks(int64_t n, int64_t chunks, const F& body) {
   });
 }
 
-inline int64_t num_chunks(int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>(n, at::get_num_threads()));
+// Work below this many elements (or multiply-adds) per task runs on the
+// calling thread: waking OpenMP workers costs more than such a task.
+constexpr int64_t kMinTaskWork = 32768;
+
+// Grain for at::parallel_for over items of `work` each.
+inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, work)); }
+
+// Chunks for parallel_chunks over n items of `work` each: one per thread at
+// most, and none smaller than kMinTaskWork.
+inline int64_t num_chunks(int64_t n, int64_t work) {
+  const int64_t by_work = std::max<int64_t>(1, n * std::max<int64_t>(1, work) / kMinTaskWork);
+  return std::max<int64_t>(1, std::min<int64_t>({n, by_work, static_cast<int64_t>(at::get_num_threads())}));
 }
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }

@@ -43,7 +43,7 @@ template <typename scalar_t>
 void pool_fwd_nchw(const PoolGeom& g, const scalar_t* x, scalar_t* y, int32_t* idx) {
   using acc = acc_t<scalar_t>;
   const int64_t rows = g.N * g.C * g.OH;
-  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.OW * g.kh * g.kw)),
+  at::parallel_for(0, rows, grain_for(g.OW * g.kh * g.kw),
                    [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t plane = row / g.OH, oh = row % g.OH;
@@ -75,7 +75,7 @@ template <typename scalar_t>
 void pool_fwd_nhwc(const PoolGeom& g, const scalar_t* x, scalar_t* y, int32_t* idx) {
   using acc = acc_t<scalar_t>;
   const int64_t pixels = g.N * g.OH * g.OW;
-  at::parallel_for(0, pixels, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.C * g.kh * g.kw)),
+  at::parallel_for(0, pixels, grain_for(g.C * g.kh * g.kw),
                    [&](int64_t b, int64_t e) {
     acc m[kChannelBlock];
     int32_t mi[kChannelBlock];
@@ -143,7 +143,7 @@ void pool_bwd_nchw(const PoolGeom& g, const scalar_t* dy, const int32_t* idx, sc
                    std::atomic<bool>& bad) {
   using acc = acc_t<scalar_t>;
   const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
-  at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b, int64_t e) {
+  at::parallel_for(0, g.N * g.C, grain_for(HW + OHW), [&](int64_t b, int64_t e) {
     constexpr bool kDirect = std::is_same<acc, scalar_t>::value;  // sum straight into dx
     std::vector<acc> sum(kDirect ? 0 : HW);
     for (int64_t plane = b; plane < e; ++plane) {
@@ -178,7 +178,7 @@ void pool_bwd_nhwc(const PoolGeom& g, const scalar_t* dy, const int32_t* idx, sc
   using acc = acc_t<scalar_t>;
   const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
   const int64_t blocks = (g.C + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, g.N * blocks, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, g.N * blocks, grain_for((HW + OHW) * kChannelBlock), [&](int64_t b, int64_t e) {
     std::vector<acc> sum(HW * kChannelBlock);
     for (int64_t task = b; task < e; ++task) {
       const int64_t n = task / blocks, c0 = task % blocks * kChannelBlock;

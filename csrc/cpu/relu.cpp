@@ -14,8 +14,6 @@ namespace fastconv {
 namespace cpu {
 namespace {
 
-constexpr int64_t kGrain = 1 << 15;
-
 at::Tensor relu_fwd(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.device().is_cpu(), "fastconv cpu relu_fwd: x must be a CPU tensor");
   const at::Tensor x = x_in.contiguous(format_of(x_in));
@@ -23,7 +21,7 @@ at::Tensor relu_fwd(const at::Tensor& x_in) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_relu_fwd", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, x.numel(), kMinTaskWork, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const acc_t<scalar_t> v = xp[i];
         yp[i] = v < 0 ? scalar_t(0) : xp[i];
@@ -46,7 +44,7 @@ at::Tensor relu_bwd(const at::Tensor& dy_in, const at::Tensor& y_in) {
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const scalar_t* gp = dy.const_data_ptr<scalar_t>();
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, y.numel(), kGrain, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, y.numel(), kMinTaskWork, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const acc_t<scalar_t> v = yp[i];
         dp[i] = v <= 0 ? scalar_t(0) : gp[i];
