@@ -73,28 +73,40 @@ inline void load_grad_row(const View4<const S>& dy, const View4<const S>& y, con
   const S* gr = dy.at(n, k0, po);
   const S* yr = relu ? y.at(n, k0, po) : nullptr;
   const uint8_t* ir = pool ? idx.at(n, k0, po) : nullptr;
+  // relu is tested outside the loops so that both loads are unconditional and
+  // the select compiles without a branch (the mask is data-dependent).
   if (dy.sK == 1) {  // channels_last: channels innermost
     for (int64_t qo = 0; qo < QO; ++qo) {
       const S* gq = gr + qo * dy.sQ;
       T* go = g + qo * ld;
-      for (int64_t l = 0; l < kn; ++l) {
-        const T gv = static_cast<T>(gq[l]);
-        go[l] = (!relu || static_cast<T>(yr[qo * y.sQ + l]) > T(0)) ? gv : T(0);
-        db[l] += go[l];
+      if (relu) {
+        const S* yq = yr + qo * y.sQ;
+        for (int64_t l = 0; l < kn; ++l) go[l] = static_cast<T>(yq[l]) > T(0) ? static_cast<T>(gq[l]) : T(0);
+      } else {
+        for (int64_t l = 0; l < kn; ++l) go[l] = static_cast<T>(gq[l]);
       }
+      for (int64_t l = 0; l < kn; ++l) db[l] += go[l];
       if (pool)
         for (int64_t l = 0; l < kn; ++l) iv[qo * ld + l] = static_cast<T>(ir[qo * idx.sQ + l]);
     }
   } else {  // NCHW: one contiguous run of QO per channel
     for (int64_t l = 0; l < kn; ++l) {
       const S* gl = gr + l * dy.sK;
-      const S* yl = relu ? yr + l * y.sK : nullptr;
+      T* gcol = g + l;
       T sum = 0;
-      for (int64_t qo = 0; qo < QO; ++qo) {
-        const T gv = static_cast<T>(gl[qo]);
-        const T v = (!relu || static_cast<T>(yl[qo]) > T(0)) ? gv : T(0);
-        g[qo * ld + l] = v;
-        sum += v;
+      if (relu) {
+        const S* yl = yr + l * y.sK;
+        for (int64_t qo = 0; qo < QO; ++qo) {
+          const T v = static_cast<T>(yl[qo]) > T(0) ? static_cast<T>(gl[qo]) : T(0);
+          gcol[qo * ld] = v;
+          sum += v;
+        }
+      } else {
+        for (int64_t qo = 0; qo < QO; ++qo) {
+          const T v = static_cast<T>(gl[qo]);
+          gcol[qo * ld] = v;
+          sum += v;
+        }
       }
       db[l] += sum;
       if (pool) {

@@ -58,10 +58,9 @@ void pool_fwd_nchw(const PoolGeom& g, const scalar_t* x, scalar_t* y, int32_t* i
         for (int64_t ih = h.start; ih < h.end; ih += g.dh) {
           for (int64_t iw = w.start; iw < w.end; iw += g.dw) {
             const acc v = xp[ih * g.W + iw];
-            if (beats(v, m)) {
-              m = v;
-              mi = ih * g.W + iw;
-            }
+            const bool take = beats(v, m);  // a select, not a branch: the outcome is data-dependent
+            m = take ? v : m;
+            mi = take ? ih * g.W + iw : mi;
           }
         }
         yrow[ow] = static_cast<scalar_t>(m);
