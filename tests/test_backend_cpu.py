@@ -6,7 +6,6 @@ small-reduction kernel and the ATen-core path; ``FASTCONV_CPU_CONV`` forces
 one, so both are held to every case. ``FASTCONV_CPU_ISA`` lowers the
 instruction set of the vector kernels, so each compiled copy runs too.
 """
-import math
 
 import pytest
 import torch
@@ -46,10 +45,17 @@ def _ids(v):
     return str(v).replace("torch.", "")
 
 
+def _unfused(x, w, b, activation=None, pool=None, **kw):
+    y = F.conv2d(x, w, b, **kw)
+    if activation == "relu":
+        y = F.relu(y)
+    return F.max_pool2d(y, pool) if pool else y
+
+
 # --------------------------------------------------------------------------- conv2d
 
 
-@pytest.mark.parametrize("dtype,layout", CONV_MATRIX, ids=lambda v: _ids(v))
+@pytest.mark.parametrize("dtype,layout", CONV_MATRIX, ids=_ids)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv_matches_oracle(case, dtype, layout, path):
     check_conv("cpu", case, dtype, layout=layout)
@@ -72,12 +78,31 @@ def test_conv_every_isa_copy(case, isa, path, monkeypatch):
     check_conv("cpu", case, torch.float32, layout="channels_last")
 
 
-def test_conv_wide_blocks_and_partial_channels(path):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=_ids)
+def test_conv_wide_blocks_and_partial_channels(dtype, path):
     """More output channels than one register block (K/groups > 32), odd remainders, stride 2."""
-    check_conv("cpu", ConvCase(2, 3, 9, 11, 37, 3, 3, dict(padding=1, stride=(2, 1), activation="relu", pool=2)))
+    check_conv("cpu", ConvCase(2, 3, 9, 11, 37, 3, 3, dict(padding=1, stride=(2, 1), activation="relu", pool=2)),
+               dtype)
     check_conv("cpu", ConvCase(1, 40, 6, 6, 40, 3, 3, dict(padding=1, groups=40, activation="relu", pool=2)),
-               layout="channels_last")
-    check_conv("cpu", ConvCase(1, 8, 7, 7, 16, 3, 3, dict(padding=1, groups=8, pool=2)))  # multiplier 2
+               dtype, layout="channels_last")
+    check_conv("cpu", ConvCase(1, 8, 7, 7, 16, 3, 3, dict(padding=1, groups=8, pool=2)), dtype)  # multiplier 2
+
+
+def test_conv_weight_with_any_strides(path):
+    """w may arrive as a view with any strides (DESIGN: backends get w as is)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 8, 7, dtype=torch.float64, generator=gen)
+    w = torch.randn(3, 3, 3, 5, dtype=torch.float64, generator=gen).transpose(0, 3)  # [5, 3, 3, 3]
+    w = w.requires_grad_()
+    b = torch.randn(10, dtype=torch.float64, generator=gen)[::2]
+    with fastconv.use_backend("cpu", strict=True):
+        y = fastconv.conv2d(x, w, b, padding=1, activation="relu", pool=2)
+        y.sum().backward()
+    w2 = w.detach().contiguous().requires_grad_()
+    ref = _unfused(x, w2, b, padding=1, activation="relu", pool=2)
+    ref.sum().backward()
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(w.grad, w2.grad)
 
 
 GRADCHECK_CASES = [
@@ -111,13 +136,6 @@ def test_conv_opcheck(relu, pool, path):
         torch.library.opcheck(ops.conv2d_fwd, (x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, relu, pool))
         torch.library.opcheck(ops.conv2d_fwd, (x.contiguous(memory_format=torch.channels_last), w, None,
                                                [2, 1], [0, 1, 1, 0], [1, 1], 1, relu, pool))
-
-
-def _unfused(x, w, b, activation=None, pool=None, **kw):
-    y = F.conv2d(x, w, b, **kw)
-    if activation == "relu":
-        y = F.relu(y)
-    return F.max_pool2d(y, pool) if pool else y
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -185,7 +203,7 @@ def test_conv_unknown_path_is_a_clear_error(monkeypatch):
 # --------------------------------------------------------------------------- max_pool2d and relu
 
 
-@pytest.mark.parametrize("dtype,layout", CONV_MATRIX, ids=lambda v: _ids(v))
+@pytest.mark.parametrize("dtype,layout", CONV_MATRIX, ids=_ids)
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 def test_pool_matches_oracle(case, dtype, layout):
     check_pool("cpu", case, dtype, layout=layout)
