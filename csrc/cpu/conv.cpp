@@ -14,8 +14,9 @@
 //     bias and applies relu on the pooled values only. The backward builds dC
 //     and db in ONE parallel pass from (dy, y, idx) and hands dC to
 //     at::convolution_backward for dx and dw. The core always runs in
-//     channels_last (oneDNN's fast layout on CPU: 3 -> 32 channels at 32x32
-//     runs ~10x faster than from NCHW); the row kernels
+//     channels_last, oneDNN's fast layout on CPU (measured on the benchmark
+//     layers: the backward 20-30% faster than from NCHW even after converting
+//     x and dx, the forward up to 10x faster with 3 input channels); the row kernels
 //     (conv_epilogue_kernel.h) vectorise over channels and the row transfer
 //     writes y / reads dy in x's format. Asymmetric padding ('same' with an
 //     even kernel) pads x explicitly and crops dx.

@@ -73,15 +73,15 @@ inline void load_grad_row(const View4<const S>& dy, const View4<const S>& y, con
   const S* gr = dy.at(n, k0, po);
   const S* yr = relu ? y.at(n, k0, po) : nullptr;
   const uint8_t* ir = pool ? idx.at(n, k0, po) : nullptr;
-  // relu is tested outside the loops so that both loads are unconditional and
-  // the select compiles without a branch (the mask is data-dependent).
+  // relu is tested outside the loops; inside, the data-dependent mask is a
+  // branch-free keep_if.
   if (dy.sK == 1) {  // channels_last: channels innermost
     for (int64_t qo = 0; qo < QO; ++qo) {
       const S* gq = gr + qo * dy.sQ;
       T* go = g + qo * ld;
       if (relu) {
         const S* yq = yr + qo * y.sQ;
-        for (int64_t l = 0; l < kn; ++l) go[l] = static_cast<T>(yq[l]) > T(0) ? static_cast<T>(gq[l]) : T(0);
+        for (int64_t l = 0; l < kn; ++l) go[l] = keep_if(static_cast<T>(yq[l]) > T(0), static_cast<T>(gq[l]));
       } else {
         for (int64_t l = 0; l < kn; ++l) go[l] = static_cast<T>(gq[l]);
       }
@@ -97,7 +97,7 @@ inline void load_grad_row(const View4<const S>& dy, const View4<const S>& y, con
       if (relu) {
         const S* yl = yr + l * y.sK;
         for (int64_t qo = 0; qo < QO; ++qo) {
-          const T v = static_cast<T>(yl[qo]) > T(0) ? static_cast<T>(gl[qo]) : T(0);
+          const T v = keep_if(static_cast<T>(yl[qo]) > T(0), static_cast<T>(gl[qo]));
           gcol[qo * ld] = v;
           sum += v;
         }

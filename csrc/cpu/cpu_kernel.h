@@ -20,6 +20,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #if defined(__GNUC__)
 // 64-byte vectors passed between (always inlined) helpers: no ABI is involved.
@@ -118,6 +119,19 @@ inline int64_t num_chunks(int64_t n, int64_t work) {
 }
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// keep ? v : 0 as bit operations: GCC turns a data-dependent float select in a
+// strided loop into a branch, and a mispredicted one per element.
+template <typename T>
+FASTCONV_INLINE T keep_if(bool keep, T v) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  static_assert(sizeof(T) == sizeof(U), "keep_if needs float or double");
+  U bits;
+  std::memcpy(&bits, &v, sizeof v);
+  bits &= U(0) - U(keep);
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
 
 // ---------------------------------------------------------------- layout
 
