@@ -1,4 +1,21 @@
-"""The ``cpu`` backend: C++ kernels in csrc/cpu (at::parallel_for, fused epilogues)."""
+"""The ``cpu`` backend: C++ kernels in csrc/cpu (at::parallel_for, fused epilogues).
+
+Every op runs in C++ for float32, float64, float16 and bfloat16 (half and
+bfloat16 compute in float32):
+
+* ``conv2d``: two cores behind one fused op. Short reductions
+  (C/groups * R * S <= 32, e.g. a first layer on RGB or a depthwise 3x3) run a
+  direct kernel that computes only the conv pixels inside the pool windows and
+  pools, adds the bias and applies relu in registers; its backward rebuilds the
+  conv-output gradient from (dy, y, idx) in the same kernel that accumulates
+  dx and dw. Longer reductions use ATen's convolution (oneDNN, channels_last)
+  for the GEMM core with one fused pass around it each way.
+* ``max_pool2d`` (general) and ``relu``: direct kernels.
+
+Environment knobs (read on every call): ``FASTCONV_CPU_CONV=auto|direct|aten``
+forces a conv core; ``FASTCONV_CPU_ISA=base|avx2|avx512`` lowers the
+instruction set of the vector kernels (never above what the CPU has).
+"""
 from __future__ import annotations
 
 from ._native import (  # noqa: F401  (the backend's ops)
