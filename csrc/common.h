@@ -89,9 +89,12 @@ inline PoolGeom pool_geom(at::IntArrayRef sizes, at::IntArrayRef kernel, at::Int
   return g;
 }
 
-// Memory format that outputs keep: channels_last when x is laid out so.
+// Memory format that outputs keep: the rule of fastconv/_layout.py, so that the
+// real kernels and the fake (shape-only) kernels agree on strides.
 inline at::MemoryFormat memory_format_of(const at::Tensor& x) {
-  return x.suggest_memory_format();
+  if (x.dim() != 4 || x.is_contiguous()) return at::MemoryFormat::Contiguous;
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  return x.stride(1) < x.stride(3) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 }  // namespace fastconv

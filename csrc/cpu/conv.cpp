@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "conv_cpu.h"
+#include "common.h"
 #include "cpu_kernel.h"
 
 namespace fastconv {
@@ -184,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_fwd(const at::Tensor& x_in, const at::
                                               bool relu, int64_t pool) {
   check_operands("conv2d_fwd", x_in, w, b);
   const ConvGeom g = conv_geom(x_in, w, stride, padding, dilation, groups, relu, pool);
-  const at::MemoryFormat fmt = format_of(x_in);
+  const at::MemoryFormat fmt = memory_format_of(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   at::Tensor y = at::empty({g.N, g.K, g.PO, g.QO}, x.options().memory_format(fmt));
   at::Tensor idx = pool > 1 ? at::empty({g.N, g.K, g.PO, g.QO}, x.options().dtype(at::kByte).memory_format(fmt))
@@ -214,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd(const at::Tensor& dy_i
               "fastconv cpu conv2d_bwd: with relu, y must be the forward output ", dy_in.sizes());
   TORCH_CHECK(pool == 1 || (idx_in.sizes() == dy_in.sizes() && idx_in.scalar_type() == at::kByte),
               "fastconv cpu conv2d_bwd: with pool, idx must be uint8 ", dy_in.sizes());
-  const at::MemoryFormat fmt = format_of(x_in);
+  const at::MemoryFormat fmt = memory_format_of(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor dy = dy_in.contiguous(fmt);
   const at::Tensor y = relu ? y_in.contiguous(fmt) : y_in;

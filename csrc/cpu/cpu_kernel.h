@@ -133,17 +133,6 @@ FASTCONV_INLINE T keep_if(bool keep, T v) {
   return v;
 }
 
-// ---------------------------------------------------------------- layout
-
-// The memory format outputs keep, by the rule of fastconv/_layout.py (so the
-// kernels agree with the fake kernels even when both formats fit, e.g. C == 1):
-// contiguous if x is, else channels_last if x is, else the stride order.
-inline at::MemoryFormat format_of(const at::Tensor& t) {
-  if (t.dim() != 4 || t.is_contiguous()) return at::MemoryFormat::Contiguous;
-  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  return t.stride(1) < t.stride(3) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // The NaN-aware "better max" test shared by every max-pool here: a value
 // replaces the running max when it is larger or NaN (PyTorch's rule), so NaN
 // propagates and, on ties, the first element in scan order keeps the index.

@@ -18,7 +18,7 @@
 #include <atomic>
 #include <vector>
 
-#include "../common.h"
+#include "common.h"
 #include "cpu_kernel.h"
 
 namespace fastconv {
@@ -119,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::In
   const PoolGeom g = pool_geom(x_in.sizes(), kernel, stride, padding, dilation, ceil_mode);
   TORCH_CHECK(g.H * g.W <= std::numeric_limits<int32_t>::max(),
               "fastconv cpu max_pool2d_fwd: H*W must fit the int32 index, got ", g.H * g.W);
-  const at::MemoryFormat fmt = format_of(x_in);
+  const at::MemoryFormat fmt = memory_format_of(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(fmt));
   at::Tensor idx = at::empty({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kInt).memory_format(fmt));
@@ -218,7 +218,7 @@ at::Tensor max_pool2d_bwd(const at::Tensor& dy_in, const at::Tensor& idx_in, at:
                                padding, dilation, ceil_mode);
   TORCH_CHECK(g.OH == dy_in.size(2) && g.OW == dy_in.size(3), "fastconv cpu max_pool2d_bwd: dy is ",
               dy_in.sizes(), " but the pool of a ", input_hw, " input gives ", g.OH, "x", g.OW);
-  const at::MemoryFormat fmt = format_of(idx_in);
+  const at::MemoryFormat fmt = memory_format_of(idx_in);
   const at::Tensor dy = dy_in.contiguous(fmt);
   const at::Tensor idx = idx_in.contiguous(fmt);
   at::Tensor dx = at::empty({g.N, g.C, g.H, g.W}, dy.options().memory_format(fmt));

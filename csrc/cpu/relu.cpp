@@ -8,6 +8,7 @@
 // keep that format.
 #include <torch/library.h>
 
+#include "common.h"
 #include "cpu_kernel.h"
 
 namespace fastconv {
@@ -16,7 +17,7 @@ namespace {
 
 at::Tensor relu_fwd(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.device().is_cpu(), "fastconv cpu relu_fwd: x must be a CPU tensor");
-  const at::Tensor x = x_in.contiguous(format_of(x_in));
+  const at::Tensor x = x_in.contiguous(memory_format_of(x_in));
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_relu_fwd", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -36,7 +37,7 @@ at::Tensor relu_bwd(const at::Tensor& dy_in, const at::Tensor& y_in) {
   TORCH_CHECK(dy_in.sizes() == y_in.sizes(), "fastconv cpu relu_bwd: dy ", dy_in.sizes(), " and y ",
               y_in.sizes(), " must have the same shape");
   TORCH_CHECK(dy_in.scalar_type() == y_in.scalar_type(), "fastconv cpu relu_bwd: dy and y dtypes differ");
-  const at::MemoryFormat fmt = format_of(y_in);
+  const at::MemoryFormat fmt = memory_format_of(y_in);
   const at::Tensor y = y_in.contiguous(fmt);
   const at::Tensor dy = dy_in.contiguous(fmt);
   at::Tensor dx = at::empty_like(y);
