@@ -83,6 +83,20 @@ __device__ __forceinline__ void load_smem(const A* p, A (&out)[KT]) {
   }
 }
 
+// p[0..N) = v[0..N) into shared memory, in 16-byte pieces (p 16-byte aligned).
+template <int N, typename A>
+__device__ __forceinline__ void store_smem(A* p, const A (&v)[N]) {
+  constexpr int V = 16 / int(sizeof(A));
+  static_assert(N % V == 0, "N must fill whole 16-byte pieces");
+#pragma unroll
+  for (int i = 0; i < N; i += V) {
+    Vec<A, V> t;
+#pragma unroll
+    for (int j = 0; j < V; ++j) t.v[j] = v[i + j];
+    *reinterpret_cast<Vec<A, V>*>(p + i) = t;
+  }
+}
+
 // Store vals[0..count) at p[0], p[stride], ...: one or more 16-byte (or one
 // KT-wide) vector stores when the run is whole, contiguous and aligned,
 // scalar stores otherwise.

@@ -112,10 +112,16 @@ __global__ void __launch_bounds__(kThreads) wgrad_kernel(const WgradArgs<T> a) {
       const int p0 = (tile / a.tilesX) * a.TP, q0 = (tile % a.tilesX) * a.TQ;
       const int vp = min(a.TP, a.P - p0), vq = min(a.TQ, a.Q - q0);
       // dC tile [pixel][slot]; slots past kend and pixels past the output hold 0
-      if (a.dc_cl) {
-        for (int e = tid; e < npix * a.KB; e += NT) {
-          const int slot = e % a.KB, pix = e / a.KB, k = kstart + slot;
-          dcs[e] = k < kend ? a.dc.at(n, k, p0 + pix / a.TQ, q0 + pix % a.TQ) : A(0);
+      if (a.dc_cl) {  // 4 slots of one pixel per thread: one window decode, one 16-byte store
+        const int groups = a.KB / 4;
+        for (int e = tid; e < npix * groups; e += NT) {
+          const int slot = (e % groups) * 4, pix = e / groups;
+          const int py = pix / a.TQ;
+          const auto px = a.dc.pixel(n, p0 + py, q0 + pix - py * a.TQ);
+          A v[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) v[j] = kstart + slot + j < kend ? a.dc.read(px, kstart + slot + j) : A(0);
+          store_smem<4>(dcs + pix * a.KB + slot, v);
         }
       } else {
         for (int e = tid; e < npix * a.KB; e += NT) {
@@ -132,9 +138,10 @@ __global__ void __launch_bounds__(kThreads) wgrad_kernel(const WgradArgs<T> a) {
             xs[pix * a.KB + slot] = k < kend ? a.x.at(n, k / a.KG, h0 + pix / a.IW, w0 + pix % a.IW) : A(0);
           }
         } else {
-          for (int e = tid; e < cnum * plane; e += NT) {
-            const int cb = a.x_cl ? e % cnum : e / plane, pix = a.x_cl ? e / cnum : e % plane;
-            xs[cb * plane + pix] = a.x.at(n, cbase + c0 + cb, h0 + pix / a.IW, w0 + pix % a.IW);
+          for (int pix = tid; pix < plane; pix += NT) {
+            const int iy = pix / a.IW;
+            const auto px = a.x.pixel(n, h0 + iy, w0 + pix - iy * a.IW);
+            for (int cb = 0; cb < cnum; ++cb) xs[cb * plane + pix] = a.x.read(px, cbase + c0 + cb);
           }
         }
       }

@@ -125,7 +125,8 @@ __device__ __forceinline__ void load_x_reg(acc_t<T>* xs, const DirectArgs<T, Src
 }
 
 // DW input tile: xs[iy][ix][slot] = src[n, (kstart + slot) / KG, h0 + iy, w0 + ix]
-// for output channels kstart + slot < kend, 0 for the slots past them.
+// for output channels kstart + slot < kend, 0 for the slots past them (KB is a
+// multiple of 4).
 template <typename T, typename Src>
 __device__ __forceinline__ void load_x_dw(acc_t<T>* xs, const DirectArgs<T, Src>& a, int64_t n,
                                           int kstart, int kend, int h0, int w0) {
@@ -154,10 +155,19 @@ __device__ __forceinline__ void load_x_dw(acc_t<T>* xs, const DirectArgs<T, Src>
       return;
     }
   }
-  if (a.src_cl) {
-    for (int e = tid; e < KB * plane; e += NT) {
-      const int slot = e % KB, pix = e / KB, k = kstart + slot;
-      xs[e] = k < kend ? a.src.at(n, k / a.KG, h0 + pix / a.IW, w0 + pix % a.IW) : A(0);
+  if (a.src_cl) {  // 4 slots of one pixel per thread: one pixel decode, one 16-byte store
+    const int groups = KB / 4;
+    for (int e = tid; e < groups * plane; e += NT) {
+      const int slot = (e % groups) * 4, pix = e / groups;
+      const int iy = pix / a.IW;
+      const auto px = a.src.pixel(n, h0 + iy, w0 + pix - iy * a.IW);
+      A v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int k = kstart + slot + j;
+        v[j] = k < kend ? a.src.read(px, a.KG == 1 ? k : k / a.KG) : A(0);
+      }
+      store_smem<4>(xs + pix * KB + slot, v);
     }
   } else {
     for (int e = tid; e < KB * plane; e += NT) {
@@ -557,6 +567,19 @@ void launch_direct(DirectArgs<T, Src> a, const DirectPlan& pl, const DirectShape
       }
   }
 }
+
+// The kernels are compiled once per dtype in conv_direct_<dtype>.cu (four
+// translation units that build in parallel); every other file only links them.
+#define FASTCONV_DIRECT_INSTANCES(PREFIX, T)                                                          \
+  PREFIX template void launch_direct<T, TensorSource<T>>(DirectArgs<T, TensorSource<T>>, const DirectPlan&, \
+                                                         const DirectShape&, cudaStream_t);           \
+  PREFIX template void launch_direct<T, UnpoolSource<T>>(DirectArgs<T, UnpoolSource<T>>, const DirectPlan&, \
+                                                         const DirectShape&, cudaStream_t);
+
+FASTCONV_DIRECT_INSTANCES(extern, float)
+FASTCONV_DIRECT_INSTANCES(extern, double)
+FASTCONV_DIRECT_INSTANCES(extern, c10::Half)
+FASTCONV_DIRECT_INSTANCES(extern, c10::BFloat16)
 
 }  // namespace cuda
 }  // namespace fastconv
