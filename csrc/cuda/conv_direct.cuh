@@ -268,18 +268,20 @@ __global__ void __launch_bounds__(kThreads) direct_conv_kernel(const DirectArgs<
                 __syncthreads();
                 if (DW) {
                   const int pix_row = a.IW * a.KB;
+                  const int dws = a.dw * a.KB, rstep = a.sh * pix_row, cstep = a.sw * a.KB;
+                  const A* xcell = xs + wy * CP * rstep + wx * CP * cstep + sub * KT;
                   for (int r = 0; r < rnum; ++r) {
-                    for (int s = 0; s < snum; ++s) {
+                    const A* xp = xcell + r * a.dh * pix_row;
+                    const A* wp = ws + r * a.SB * a.KB + sub * KT;
+                    for (int s = 0; s < snum; ++s, xp += dws, wp += a.KB) {
                       A wv[KT];
-                      load_smem<KT>(ws + (r * a.SB + s) * a.KB + sub * KT, wv);
-                      const A* xp = xs + (wy * CP * a.sh + r * a.dh) * pix_row +
-                                    (wx * CP * a.sw + s * a.dw) * a.KB + sub * KT;
+                      load_smem<KT>(wp, wv);
 #pragma unroll
                       for (int i = 0; i < PT; ++i) {
 #pragma unroll
                         for (int j = 0; j < PT; ++j) {
                           A xv[KT];
-                          load_smem<KT>(xp + i * a.sh * pix_row + j * a.sw * a.KB, xv);
+                          load_smem<KT>(xp + i * rstep + j * cstep, xv);
 #pragma unroll
                           for (int kt = 0; kt < KT; ++kt) acc[kt][i][j] += xv[kt] * wv[kt];
                         }
@@ -287,19 +289,20 @@ __global__ void __launch_bounds__(kThreads) direct_conv_kernel(const DirectArgs<
                     }
                   }
                 } else {
+                  const int dws = a.dw, rstep = a.sh * a.IW, cstep = a.sw;
+                  const A* xcell = xs + wy * CP * rstep + wx * CP * cstep;
                   for (int cb = 0; cb < cnum; ++cb) {
                     for (int r = 0; r < rnum; ++r) {
-                      const A* xrow = xs + (cb * a.IH + wy * CP * a.sh + r * a.dh) * a.IW + wx * CP * a.sw;
-                      const A* wrow = ws + (cb * RSB + r * a.SB) * KT;
-                      for (int s = 0; s < snum; ++s) {
+                      const A* xp = xcell + (cb * a.IH + r * a.dh) * a.IW;
+                      const A* wp = ws + (cb * RSB + r * a.SB) * KT;
+                      for (int s = 0; s < snum; ++s, xp += dws, wp += KT) {
                         A wv[KT];
-                        load_smem<KT>(wrow + s * KT, wv);
-                        const A* xp = xrow + s * a.dw;
+                        load_smem<KT>(wp, wv);
 #pragma unroll
                         for (int i = 0; i < PT; ++i) {
 #pragma unroll
                           for (int j = 0; j < PT; ++j) {
-                            const A xv = xp[i * a.sh * a.IW + j * a.sw];
+                            const A xv = xp[i * rstep + j * cstep];
 #pragma unroll
                             for (int kt = 0; kt < KT; ++kt) acc[kt][i][j] += xv * wv[kt];
                           }
