@@ -5,9 +5,11 @@
 //   * Vec<T, N>: N elements moved as one aligned load or store;
 //   * pool_better: torch's max-pool rule (ties -> first in row-major order, NaN
 //     wins, the last NaN in row-major order), for any scan order;
+//   * load_smem / store_smem: runs of a shared-memory tile in 16-byte pieces;
 //   * store_run: KT consecutive-channel outputs, vectorized when the layout and
 //     the address allow it;
-//   * launch helpers: the device's SM count, grid sizes for grid-stride loops.
+//   * host helpers: argument checks, the 16-byte-load condition, the device's
+//     SM count, grid sizes for grid-stride loops.
 #pragma once
 
 #include <ATen/ATen.h>
