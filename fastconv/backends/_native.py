@@ -32,6 +32,9 @@ def conv2d_fwd(x, w, b, p: ConvParams):
 
 
 def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
+    # the schema takes Tensor y / idx: an empty tensor stands for "relu / pool is off"
+    y = y if y is not None else dy.new_empty(0)
+    idx = idx if idx is not None else dy.new_empty(0, dtype=torch.uint8)
     dx, dw, db = _ops().conv2d_bwd(dy, x, w, y, idx, list(p.stride), list(p.padding), list(p.dilation),
                                    p.groups, p.relu, p.pool, list(mask))
     return (dx if mask[0] else None), (dw if mask[1] else None), (db if mask[2] else None)

@@ -1,4 +1,17 @@
-"""The ``cuda`` backend: CUDA C++ kernels in csrc/cuda (direct fused conv, pooling, relu)."""
+"""The ``cuda`` backend: CUDA C++ kernels in csrc/cuda.
+
+* ``conv2d_fwd``: a tiled direct convolution with the bias / relu / max-pool
+  epilogue fused in registers (csrc/cuda/conv_direct.cuh); built for few input
+  channels and depthwise convs, correct for every shape.
+* ``conv2d_bwd``: dgrad through the same kernel on the unpooled, zero-inserted
+  gradient; wgrad and the bias gradient by a deterministic two-pass reduction.
+* ``max_pool2d`` (int32 plane index, gather backward) and ``relu``.
+
+Every kernel takes float32, float16, bfloat16 (fp32 accumulation) and float64,
+NCHW or channels_last. Sizes are 32-bit inside the kernels (offsets are
+64-bit): a call with a dimension past that is declined, so the dispatcher
+falls back (or raises in strict mode).
+"""
 from __future__ import annotations
 
 import torch
@@ -8,6 +21,8 @@ from ._native import (  # noqa: F401  (the backend's ops)
     DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, kernel_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd)
 
 NAME = "cuda"
+
+_INT32_MAX = 2**31 - 1
 
 
 def available() -> str | None:
@@ -21,10 +36,26 @@ def available() -> str | None:
     return None
 
 
+def _too_large(op: str, args) -> str | None:
+    if op.startswith("conv2d"):
+        x, w = (args[0], args[1]) if op == "conv2d_fwd" else (args[1], args[2])
+        sizes = tuple(x.shape[1:]) + tuple(w.shape)
+    elif op == "max_pool2d_fwd":
+        sizes = tuple(args[0].shape[1:]) + (args[0].shape[2] * args[0].shape[3],)
+    elif op == "max_pool2d_bwd":
+        H, W = args[2]
+        sizes = (args[0].shape[1], H, W, H * W)
+    else:
+        return None
+    if max(sizes) > _INT32_MAX:
+        return f"a size of {max(sizes)} exceeds the kernels' 32-bit size fields"
+    return None
+
+
 def unsupported(op: str, *args) -> str | None:
     x = args[0]
     if x.device.type != "cuda":
         return f"it runs on CUDA tensors, got a tensor on {x.device}"
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} is not supported"
-    return kernel_missing(op, "CUDA")
+    return _too_large(op, args) or kernel_missing(op, "CUDA")
