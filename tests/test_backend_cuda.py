@@ -5,6 +5,9 @@ every fastconv_C op has a CUDA kernel. Everything else carries
 ``@pytest.mark.gpu`` and runs in bench/gpu_check.sh, in strict mode (a silent
 fallback to ``reference`` fails the test).
 
+Tests marked ``slow`` as well (the strided layout, float64, the extra
+geometry) are left out of the quick GPU run (``-m "gpu and not slow"``).
+
 The ``sanitize`` tests run each kernel once on tiny shapes, for
 compute-sanitizer::
 
@@ -22,7 +25,8 @@ from oracle import (CONV_CASES, POOL_CASES, ConvCase, PoolCase, assert_close, ch
 
 gpu = pytest.mark.gpu
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-LAYOUTS = ["contiguous", "channels_last", "strided"]
+# the strided layout only adds a copy before the kernels: the full run covers it
+LAYOUTS = ["contiguous", "channels_last", pytest.param("strided", marks=pytest.mark.slow)]
 
 # Layers of the size the kernels are meant for. Integer inputs keep every sum
 # exact, so no near-tie inside a pooling window can route a gradient
@@ -104,12 +108,14 @@ def test_conv_ties_match_oracle(case, dtype):
 
 
 @gpu
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CONV_CASES[:8], ids=str)
 def test_conv_float64(case):
     check_conv("cuda", case, torch.float64, "cuda")
 
 
 @gpu
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", EXTRA_CONV_CASES, ids=str)

@@ -60,8 +60,9 @@ __global__ void __launch_bounds__(kThreads) elementwise_kernel(const T* a, const
   }
 }
 
-// t laid out densely in its suggested memory format (what the kernels assume).
-at::Tensor dense(const at::Tensor& t) { return t.contiguous(t.suggest_memory_format()); }
+// t laid out densely in the memory format its output keeps (common.h's rule,
+// the one the fake kernels use).
+at::Tensor dense(const at::Tensor& t) { return t.contiguous(memory_format_of(t)); }
 
 at::Tensor relu_fwd_cuda(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.is_cuda(), "fastconv_C::relu_fwd: x must be a CUDA tensor, got ", x_in.device());
@@ -89,7 +90,7 @@ at::Tensor relu_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& y_in) {
               ", got ", dy_in.sizes());
   c10::cuda::CUDAGuard guard(y_in.device());
   const at::Tensor y = dense(y_in);
-  const at::Tensor dy = dy_in.contiguous(y.suggest_memory_format());
+  const at::Tensor dy = dy_in.contiguous(memory_format_of(y));
   at::Tensor dx = at::empty_like(y);
   if (y.numel() == 0) return dx;
   TORCH_INTERNAL_ASSERT(dx.strides() == y.strides());
