@@ -4,9 +4,11 @@
 
 Format: ``{device name: {conv_key: backend}}``, where ``conv_key`` is the
 autoselect key (input channels, weight shape, stride, groups, relu, pool,
-dtype; not batch or spatial size) and backend the native fastconv backend
-with the least total time over the measured layers of that key: forward +
-backward where every candidate ran it, else forward. Entries of other devices
+dtype; not batch or spatial size) and backend the fastconv backend with the
+least total time over the measured layers of that key: forward + backward
+where every candidate ran it, else forward. ``reference`` (cuDNN conv, then
+relu and pool) competes too, so ``auto`` never picks a fused kernel that was
+measured slower than the unfused composition. Entries of other devices
 and other keys already in the file are kept.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch  # noqa: E402
 from bench.model import Layer  # noqa: E402
 from fastconv.backends.autoselect import conv_key  # noqa: E402
 
-CANDIDATES = ("triton", "cuda")
+CANDIDATES = ("triton", "cuda", "reference")
 
 
 def layer_key(layer: Layer, dtype: torch.dtype) -> str:
