@@ -10,20 +10,7 @@
 
 namespace FASTCONV_ISA_NS {
 
-template <typename T>
-FASTCONV_INLINE FASTCONV_ISA_TARGET Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-FASTCONV_INLINE FASTCONV_ISA_TARGET void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof v);
-}
-template <typename T>
-FASTCONV_INLINE FASTCONV_ISA_TARGET Vec<T> splat(T s) {
-  return Vec<T>{} + s;
-}
+#include "vec_io_kernel.h"
 
 // ---------------------------------------------------------------- forward row
 

@@ -10,16 +10,7 @@
 
 namespace FASTCONV_ISA_NS {
 
-template <typename T>
-FASTCONV_INLINE FASTCONV_ISA_TARGET Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-FASTCONV_INLINE FASTCONV_ISA_TARGET void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof v);
-}
+#include "vec_io_kernel.h"
 
 // One vector of channels k .. k+L-1 of one pooled output.
 template <typename T>
