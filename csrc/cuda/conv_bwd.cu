@@ -344,24 +344,7 @@ void dgrad(const ConvGeom& g, const UnpoolSource<T>& dc, bool dc_cl, const at::T
   a.relu = false;
   a.src_cl = dc_cl;
 
-  DirectShape s{};
-  s.N = g.N;
-  s.K = a.K;
-  s.KG = a.KG;
-  s.CG = a.CG;
-  s.groups = int(g.groups);
-  s.R = a.R;
-  s.S = a.S;
-  s.P = s.PO = a.P;
-  s.Q = s.QO = a.Q;
-  s.sh = s.sw = 1;
-  s.dh = a.dh;
-  s.dw = a.dw;
-  s.pool = 1;
-  s.elem = int(sizeof(acc_t<T>));
-  s.vec = 16 / int(sizeof(T));
-  s.dw_mode = g.KG == 1;
-  s.vec_ok = false;
+  const DirectShape s = direct_shape(a, g.N, int(g.groups), false);
   launch_direct(a, plan_direct(s), s, stream);
   // wt is freed on return: the caching allocator hands its memory only to
   // later work on this stream, which runs after the kernel.

@@ -394,6 +394,34 @@ struct DirectShape {
   bool vec_ok;       // the source allows 16-byte channel loads (channels_last, aligned)
 };
 
+// The planner's view of a launch, read off its arguments (dw_mode: one input
+// channel per group, the DW layout).
+template <typename T, typename Src>
+inline DirectShape direct_shape(const DirectArgs<T, Src>& a, int64_t N, int groups, bool vec_ok) {
+  DirectShape s{};
+  s.N = N;
+  s.K = a.K;
+  s.KG = a.KG;
+  s.CG = a.CG;
+  s.groups = groups;
+  s.R = a.R;
+  s.S = a.S;
+  s.P = a.P;
+  s.Q = a.Q;
+  s.PO = a.PO;
+  s.QO = a.QO;
+  s.sh = a.sh;
+  s.sw = a.sw;
+  s.dh = a.dh;
+  s.dw = a.dw;
+  s.pool = a.pool;
+  s.elem = int(sizeof(acc_t<T>));
+  s.vec = 16 / int(sizeof(T));
+  s.dw_mode = a.CG == 1;
+  s.vec_ok = vec_ok;
+  return s;
+}
+
 struct DirectPlan {
   int PT, SP, KT;
   int TWY, TWX, KB, CB, RB, SB;

@@ -74,27 +74,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_fwd_cuda(const at::Tensor& x, const at
     a.relu = relu;
     a.src_cl = g.C > 1 && x.stride(1) == 1;
 
-    DirectShape s{};
-    s.N = g.N;
-    s.K = a.K;
-    s.KG = a.KG;
-    s.CG = a.CG;
-    s.groups = int(g.groups);
-    s.R = a.R;
-    s.S = a.S;
-    s.P = a.P;
-    s.Q = a.Q;
-    s.PO = a.PO;
-    s.QO = a.QO;
-    s.sh = a.sh;
-    s.sw = a.sw;
-    s.dh = a.dh;
-    s.dw = a.dw;
-    s.pool = a.pool;
-    s.elem = int(sizeof(acc_t<T>));
-    s.vec = 16 / int(sizeof(T));
-    s.dw_mode = g.CG == 1;
-    s.vec_ok = channels_vec_ok(x);
+    const DirectShape s = direct_shape(a, g.N, int(g.groups), channels_vec_ok(x));
     launch_direct(a, plan_direct(s), s, stream);
   });
   return {y, idx};
