@@ -35,10 +35,17 @@ def _table() -> dict:
         return {}
 
 
+@functools.lru_cache(maxsize=None)
+def _device_name_of(index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(index)
+
+
 def _device_name(x) -> str:
     import torch
 
-    return torch.cuda.get_device_name(x.device)
+    return _device_name_of(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
 def candidates(op: str, args) -> list[str]:
