@@ -17,11 +17,17 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _is_int(v) -> bool:
+    if type(v) is int:  # the common case first: the ABC check below costs a microsecond
+        return True
     return isinstance(v, (numbers.Integral, torch.SymInt)) and not isinstance(v, bool)
 
 
 def pair(name: str, v, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum."""
+    if type(v) is int and v >= minimum:  # fast path of the common call
+        return v, v
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and min(v) >= minimum:
+        return v
     if _is_int(v):
         v = (v, v)
     elif isinstance(v, (tuple, list, torch.Size)) and len(v) == 1 and _is_int(v[0]):

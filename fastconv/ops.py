@@ -13,6 +13,11 @@ Fused conv (DESIGN section 3)::
 The forward returns (y, idx) where idx is the uint8 window index of each pooled
 max; backward saves exactly x, w, y (when act is relu) and idx (when pooling)
 and never a full-resolution activation.
+
+The public functions (``conv2d``, ``relu``, ``max_pool2d``) validate their
+arguments, then call the custom op, or, in plain eager mode, its body through
+the direct eager path of fastconv/_eager.py, which saves the custom-op
+dispatcher's host overhead. The op bodies are the ``*_impl`` functions here.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _args, backends
+from . import _args, _eager, backends
 from ._layout import empty, memory_format_of
 from ._params import ConvParams, PoolParams
 
@@ -46,14 +51,17 @@ def _nothing(like: Tensor, dtype=None) -> Tensor:
 @torch.library.custom_op("fastconv::conv2d_fwd", mutates_args=())
 def conv2d_fwd(x: Tensor, w: Tensor, b: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
                dilation: Sequence[int], groups: int, relu: bool, pool: int) -> tuple[Tensor, Tensor]:
-    p = _conv_params(stride, padding, dilation, groups, relu, pool)
+    return conv2d_fwd_impl(x, w, b, _conv_params(stride, padding, dilation, groups, relu, pool))
+
+
+def conv2d_fwd_impl(x: Tensor, w: Tensor, b: Optional[Tensor], p: ConvParams) -> tuple[Tensor, Tensor]:
+    """The body of conv2d_fwd (also run directly by the eager path, fastconv/_eager.py)."""
     fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     b = b.contiguous() if b is not None else None
     if x.shape[0] == 0:
-        return _conv2d_fwd_fake(x, w, b, stride, padding, dilation, groups, relu, pool)
-    y, idx = backends.select("conv2d_fwd", x, w, b, p).conv2d_fwd(x, w, b, p)
-    return y, idx
+        return _conv2d_fwd_fake(x, w, b, p.stride, p.padding, p.dilation, p.groups, p.relu, p.pool)
+    return backends.select("conv2d_fwd", x, w, b, p).conv2d_fwd(x, w, b, p)
 
 
 @conv2d_fwd.register_fake
@@ -72,7 +80,12 @@ def conv2d_bwd(dy: Tensor, x: Tensor, w: Tensor, y: Optional[Tensor], idx: Optio
                stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
                relu: bool, pool: int, output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
     p = _conv_params(stride, padding, dilation, groups, relu, pool)
-    mask = tuple(bool(m) for m in output_mask)
+    return conv2d_bwd_impl(dy, x, w, y, idx, p, tuple(bool(m) for m in output_mask))
+
+
+def conv2d_bwd_impl(dy: Tensor, x: Tensor, w: Tensor, y: Optional[Tensor], idx: Optional[Tensor],
+                    p: ConvParams, mask: tuple[bool, bool, bool]) -> tuple[Tensor, Tensor, Tensor]:
+    """The body of conv2d_bwd: (dx, dw, db), an empty tensor where mask is False."""
     fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     dy = dy.contiguous(memory_format=fmt)
@@ -144,7 +157,10 @@ def conv2d(x: Tensor, w: Tensor, b: Optional[Tensor] = None, stride=1, padding=0
     if unbatched:
         x = x.unsqueeze(0)
     p = _args.conv(x, w, b, stride, padding, dilation, groups, activation, pool)
-    y, _ = conv2d_fwd(x, w, b, p.stride, p.padding, p.dilation, p.groups, p.relu, p.pool)
+    if _eager.usable(x, w, b):
+        y, _ = _eager.Conv2d.apply(x, w, b, p)
+    else:
+        y, _ = conv2d_fwd(x, w, b, p.stride, p.padding, p.dilation, p.groups, p.relu, p.pool)
     return y.squeeze(0) if unbatched else y
 
 
@@ -157,6 +173,10 @@ def _fmt_any(x: Tensor):
 
 @torch.library.custom_op("fastconv::relu_fwd", mutates_args=())
 def relu_fwd(x: Tensor) -> Tensor:
+    return relu_fwd_impl(x)
+
+
+def relu_fwd_impl(x: Tensor) -> Tensor:
     x = x.contiguous(memory_format=_fmt_any(x))
     if x.numel() == 0:
         return torch.empty_like(x)
@@ -170,6 +190,10 @@ def _(x):
 
 @torch.library.custom_op("fastconv::relu_bwd", mutates_args=())
 def relu_bwd(dy: Tensor, y: Tensor) -> Tensor:
+    return relu_bwd_impl(dy, y)
+
+
+def relu_bwd_impl(dy: Tensor, y: Tensor) -> Tensor:
     fmt = _fmt_any(y)
     dy = dy.contiguous(memory_format=fmt)
     y = y.contiguous(memory_format=fmt)
@@ -201,7 +225,7 @@ def relu(x: Tensor) -> Tensor:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _args.FLOAT_DTYPES:
         raise TypeError(f"x must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
-    return relu_fwd(x)
+    return _eager.ReLU.apply(x) if _eager.usable(x) else relu_fwd(x)
 
 
 # --------------------------------------------------------------------------- max_pool2d
@@ -210,10 +234,13 @@ def relu(x: Tensor) -> Tensor:
 @torch.library.custom_op("fastconv::max_pool2d_fwd", mutates_args=())
 def max_pool2d_fwd(x: Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                    dilation: Sequence[int], ceil_mode: bool) -> tuple[Tensor, Tensor]:
-    p = _pool_params(kernel, stride, padding, dilation, ceil_mode)
+    return max_pool2d_fwd_impl(x, _pool_params(kernel, stride, padding, dilation, ceil_mode))
+
+
+def max_pool2d_fwd_impl(x: Tensor, p: PoolParams) -> tuple[Tensor, Tensor]:
     x = x.contiguous(memory_format=memory_format_of(x))
     if x.numel() == 0:
-        return _max_pool2d_fwd_fake(x, kernel, stride, padding, dilation, ceil_mode)
+        return _max_pool2d_fwd_fake(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
     return backends.select("max_pool2d_fwd", x, p).max_pool2d_fwd(x, p)
 
 
@@ -231,10 +258,13 @@ def max_pool2d_bwd(dy: Tensor, idx: Tensor, input_hw: Sequence[int], kernel: Seq
                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                    ceil_mode: bool) -> Tensor:
     p = _pool_params(kernel, stride, padding, dilation, ceil_mode)
+    return max_pool2d_bwd_impl(dy, idx, (int(input_hw[0]), int(input_hw[1])), p)
+
+
+def max_pool2d_bwd_impl(dy: Tensor, idx: Tensor, hw: tuple[int, int], p: PoolParams) -> Tensor:
     fmt = memory_format_of(idx)
     dy = dy.contiguous(memory_format=fmt)
     idx = idx.contiguous(memory_format=fmt)
-    hw = (int(input_hw[0]), int(input_hw[1]))
     if dy.numel() == 0:
         return empty((dy.shape[0], dy.shape[1]) + hw, dy, fmt).zero_()
     return backends.select("max_pool2d_bwd", dy, idx, hw, p).max_pool2d_bwd(dy, idx, hw, p)
@@ -268,5 +298,8 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_
     if unbatched:
         x = x.unsqueeze(0)
     p = _args.max_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
-    y, _ = max_pool2d_fwd(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+    if _eager.usable(x):
+        y, _ = _eager.MaxPool2d.apply(x, p)
+    else:
+        y, _ = max_pool2d_fwd(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
     return y.squeeze(0) if unbatched else y

@@ -102,6 +102,9 @@ def use_backend(name: str, strict: bool | None = None):
 
 
 def get(name: str) -> ModuleType:
+    be = _loaded.get(name)
+    if be is not None:  # the per-call path
+        return be
     name = _check_name(name)
     if name == "auto":
         raise ValueError("'auto' is a policy, not a backend module")

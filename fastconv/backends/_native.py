@@ -2,6 +2,8 @@
 ``cpu`` and ``cuda`` backends: the same ops, dispatched by device inside torch."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _ext
@@ -16,7 +18,9 @@ def extension_missing() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_missing(op: str, dispatch_key: str) -> str | None:
+    """Asked only once the extension is loaded, whose registrations never change after."""
     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastconv_C::{op}", dispatch_key):
         return f"the extension has no {dispatch_key} kernel for {op}"
     return None
