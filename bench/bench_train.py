@@ -7,7 +7,10 @@ One step = forward under autocast, cross-entropy, backward, SGD (momentum 0.9)
 update, on random images rotated over 4 batches. Step time is the median of
 ``--steps`` timed steps after ``--warmup`` untimed ones (compilation happens
 there), each timed on the device's timeline with nothing ahead of it in the
-queue, so host overhead (Python, dispatch) counts, as it does for a user. Peak
+queue, so host overhead (Python, dispatch) counts, as it does for a user;
+``host_ms`` is how long the step's Python takes to return (near step_ms: the
+step is host-bound). ``--profile`` adds the top ops and kernels of 3 profiled
+steps per variant (torch.profiler). Peak
 memory is the most allocated during one step beyond the model, optimizer
 state and data. The fastconv model runs ``--backend`` (default ``auto``); a
 variant whose fastconv ops ran on ``reference`` (a fallback, or auto finding
@@ -60,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile 3 steps of each variant (torch.profiler): the top ops and kernels")
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
@@ -86,17 +91,22 @@ def make_model(variant: str, args, device) -> torch.nn.Module:
     return model
 
 
-def time_steps(step, device, warmup: int, steps: int) -> list[float]:
+def time_steps(step, device, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """(step ms, host ms) per timed step. Host ms is how long step() takes to return: the
+    Python, dispatch and launch work. A step whose host ms is close to its step ms is
+    host-bound (the GPU waits for the launches)."""
     for i in range(warmup):
         step(i)
     _sync(device)
-    samples = []
+    samples, host = [], []
     for i in range(steps):
         if device.type == "cuda":
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize(device)  # nothing queued ahead: host overhead shows on the timeline
             s.record()
+            t0 = time.perf_counter()
             step(i)
+            host.append((time.perf_counter() - t0) * 1e3)
             e.record()
             e.synchronize()
             samples.append(s.elapsed_time(e))
@@ -104,7 +114,37 @@ def time_steps(step, device, warmup: int, steps: int) -> list[float]:
             t0 = time.perf_counter()
             step(i)
             samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+            host.append(samples[-1])
+    return samples, host
+
+
+def _us(evt, *names) -> float:
+    for n in names:  # the field names changed across torch versions
+        v = getattr(evt, n, None)
+        if v is not None:
+            return float(v)
+    return 0.0
+
+
+def profile_steps(step, device, steps: int = 3, top: int = 12) -> dict:
+    """torch.profiler over ``steps`` steps: the ops and kernels that take the most time per
+    step, on the device (self time) and on the host (self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            step(i)
+        _sync(device)
+    rows = [{"name": e.key[:120], "calls_per_step": e.count / steps,
+             "self_device_us_per_step": _us(e, "self_device_time_total", "self_cuda_time_total") / steps,
+             "self_cpu_us_per_step": _us(e, "self_cpu_time_total") / steps}
+            for e in prof.key_averages()]
+    by_dev = sorted(rows, key=lambda r: -r["self_device_us_per_step"])[:top]
+    by_cpu = sorted(rows, key=lambda r: -r["self_cpu_us_per_step"])[:top]
+    return {"steps": steps, "device_total_us_per_step": sum(r["self_device_us_per_step"] for r in rows),
+            "top_device": [r for r in by_dev if r["self_device_us_per_step"] > 0], "top_cpu": by_cpu}
 
 
 def run_variant(variant: str, args, device, data) -> dict:
@@ -139,7 +179,9 @@ def run_variant(variant: str, args, device, data) -> dict:
     scope = fastconv.use_backend(args.backend, strict=args.backend != "auto") if variant == "fastconv" \
         else providers.scope("eager")
     with scope:
-        samples = time_steps(step, device, args.warmup, args.steps)
+        samples, host = time_steps(step, device, args.warmup, args.steps)
+        if args.profile:
+            out["profile"] = profile_steps(step, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -151,7 +193,7 @@ def run_variant(variant: str, args, device, data) -> dict:
             out["peak_mem_mb"] = None
     t = summarize(samples)
     out.update(step_ms=t.median_ms, step_ms_p20=t.p20_ms, step_ms_p80=t.p80_ms, steps=t.n,
-               images_per_s=args.batch / (t.median_ms * 1e-3))
+               host_ms=summarize(host).median_ms, images_per_s=args.batch / (t.median_ms * 1e-3))
     if variant == "torch-compile":
         out["note"] = f"mode {args.compile_mode}"
     return out
@@ -193,7 +235,11 @@ def main(argv=None) -> int:
         if v["status"] == "ok":
             mem = "" if v["peak_mem_mb"] is None else f", peak {v['peak_mem_mb']:.0f} MB"
             print(f"train {variant:<14} {v['step_ms']:8.2f} ms/step [{v['step_ms_p20']:.2f}, "
-                  f"{v['step_ms_p80']:.2f}]  {v['images_per_s']:9.0f} images/s{mem}", flush=True)
+                  f"{v['step_ms_p80']:.2f}], host {v['host_ms']:.2f} ms  {v['images_per_s']:9.0f} images/s{mem}",
+                  flush=True)
+            for r in v.get("profile", {}).get("top_device", [])[:8]:
+                print(f"    {r['self_device_us_per_step']:9.1f} us/step on the device  "
+                      f"{r['calls_per_step']:5.1f} calls  {r['name'][:70]}", flush=True)
         else:
             print(f"train {variant:<14} {v['status']}: {v['note']}", flush=True)
         if device.type == "cuda":

@@ -15,7 +15,8 @@
 #   memcheck   the same under compute-sanitizer memcheck (CUDA, then Triton)
 #   racecheck  the CUDA kernels under compute-sanitizer racecheck (full run only)
 #   layers     bench/bench_layers.py: suites x providers (fastconv, eager cuDNN, torch.compile)
-#   train      bench/bench_train.py: the reference CNN's training step
+#   train      bench/bench_train.py: the reference CNN's training step, profiled
+#   overhead   bench/bench_overhead.py: host time per op call (its table goes to summary.txt)
 #   autotable  the table `auto` reads, from the layer results
 #   report     results.md + speedup.png, then the short table, printed last
 #
@@ -193,10 +194,10 @@ layers() {
     "$PY" bench/bench_layers.py --device cpu --suite tiny --providers reference,cpu,auto,eager \
       --target-ms 5 --warmup-ms 2 --threads 1 --out "$OUT" --budget-s "$budget"
   elif [ "$MODE" = quick ]; then
-    "$PY" bench/bench_layers.py --suite cnn,small-c --compile-mode default --target-ms 50 \
+    "$PY" bench/bench_layers.py --suite cnn,small-c,depthwise --compile-mode default --target-ms 50 \
       --out "$OUT" --budget-s "$budget"
   else
-    "$PY" bench/bench_layers.py --suite cnn,small-c,airbench,vgg,stem --target-ms 50 \
+    "$PY" bench/bench_layers.py --suite cnn,small-c,depthwise,airbench,vgg,stem --target-ms 50 \
       --out "$OUT" --budget-s "$budget"
   fi
 }
@@ -204,19 +205,31 @@ layers() {
 train() {
   if [ "$DRY" = 1 ]; then
     "$PY" bench/bench_train.py --device cpu --batch 8 --warmup 1 --steps 3 --threads 1 \
-      --variants fastconv,torch-eager --out "$OUT/train.json"
+      --variants fastconv,torch-eager --profile --out "$OUT/train.json"
   elif [ "$MODE" = quick ]; then
-    "$PY" bench/bench_train.py --compile-mode default --steps 20 --out "$OUT/train.json"
+    "$PY" bench/bench_train.py --compile-mode default --steps 20 --profile --out "$OUT/train.json"
   else
     # default-mode compile: max-autotune of the whole step ran past 45 s on the first H200 run
-    "$PY" bench/bench_train.py --compile-mode default --out "$OUT/train.json"
+    "$PY" bench/bench_train.py --compile-mode default --profile --out "$OUT/train.json"
+  fi
+}
+
+# host overhead per call; its table lands in summary.txt (OUTDIR keeps its 8 files), the
+# JSON in the scratch folder
+overhead() {
+  local dir=${SCRATCH:-/tmp/fastconv-gpu-check}/overhead
+  if [ "$DRY" = 1 ]; then
+    "$PY" bench/bench_overhead.py --device cpu --backend auto --calls 20 --repeats 2 --out "$dir"
+  else
+    "$PY" bench/bench_overhead.py --backend triton --out "$dir" \
+      && "$PY" bench/bench_overhead.py --backend cuda --dtype bf16 --out "$dir-cuda"
   fi
 }
 
 # ------------------------------------------------------------------------------ the run
 
-export -f env_report sanitizer build gpu_tests smoke sanitize layers train
-export OUT PY DRY MODE ROOT
+export -f env_report sanitizer build gpu_tests smoke sanitize layers train overhead
+export OUT PY DRY MODE ROOT SCRATCH
 
 if [ "$MODE" = quick ]; then TESTS_MARK="gpu and not slow"; else TESTS_MARK="gpu"; fi
 SMOKE_ARGS=(--backends cuda,triton)
@@ -240,16 +253,18 @@ if [ "$MODE" = quick ]; then
   phase tests           75  90 gpu_tests "$TESTS_MARK"
   phase smoke           30  75 smoke "${SMOKE_ARGS[@]}"
   phase memcheck        50  50 sanitize memcheck cuda,triton
-  phase layers          80  30 layers
-  phase train           45   5 train
+  phase layers          80  40 layers
+  phase train           45  15 train
+  phase overhead        15   5 overhead
 else
   phase tests          180 185 gpu_tests "$TESTS_MARK"
   phase smoke           60 165 smoke "${SMOKE_ARGS[@]}"
   phase memcheck-cuda   60 145 sanitize memcheck cuda
   phase memcheck-triton 75 120 sanitize memcheck triton
   phase racecheck-cuda  60 100 sanitize racecheck cuda
-  phase layers         220  40 layers
-  phase train           90  10 train
+  phase layers         220  55 layers
+  phase train           90  20 train
+  phase overhead        20   5 overhead
 fi
 if [ -f "$OUT/results.json" ]; then
   phase autotable  20   5 "$PY" bench/autotable.py "$OUT/results.json" --out "$OUT/autotable.json"

@@ -128,19 +128,20 @@ def train_lines(train: Optional[dict]) -> list[str]:
     if c.get("batch"):
         lines += ["", f"Reference CNN (widths {c.get('widths')}), batch {c['batch']}, {c.get('image_size')}x"
                       f"{c.get('image_size')}x{c.get('in_channels')}, {c.get('precision')}, {c.get('layout')}, "
-                      f"{c.get('optimizer')}; median of {c.get('steps')} steps (host overhead included)."]
+                      f"{c.get('optimizer')}; median of {c.get('steps')} steps (host overhead included; host ms: the step's Python until it returns)."]
     if train.get("status") != "ok":
         return lines + ["", f"Not measured: {train.get('note')}"]
-    lines += ["", "| variant | step ms | images/s | peak memory MB | vs torch eager | note |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| variant | step ms | host ms | images/s | peak memory MB | vs torch eager | note |",
+              "|---|---|---|---|---|---|---|"]
     eager = next((v for v in train["variants"] if v["name"] == "torch-eager" and v["status"] == "ok"), None)
     for v in train["variants"]:
         if v["status"] != "ok":
-            lines.append(f"| {v['name']} | {v['status']} | | | | {v.get('note', '')} |")
+            lines.append(f"| {v['name']} | {v['status']} | | | | | {v.get('note', '')} |")
             continue
         rel = _fmt_x(eager["step_ms"] / v["step_ms"]) if eager else "-"
         mem = "-" if v.get("peak_mem_mb") is None else f"{v['peak_mem_mb']:.0f}"
-        lines.append(f"| {v['name']} | {v['step_ms']:.2f} | {v['images_per_s']:.0f} | {mem} | {rel} | "
+        host = "-" if v.get("host_ms") is None else f"{v['host_ms']:.2f}"
+        lines.append(f"| {v['name']} | {v['step_ms']:.2f} | {host} | {v['images_per_s']:.0f} | {mem} | {rel} | "
                      f"{v.get('note', '')} |")
     return lines
 
@@ -260,8 +261,8 @@ def table(results: dict, train: Optional[dict] = None) -> str:
     out.append(_summary_line(results).replace("**", ""))
     if train:
         if train.get("status") == "ok":
-            parts = [f"{v['name']} {v['step_ms']:.2f} ms" if v["status"] == "ok" else f"{v['name']} {v['status']}"
-                     for v in train["variants"]]
+            parts = [f"{v['name']} {v['step_ms']:.2f} ms (host {v.get('host_ms', float('nan')):.2f})"
+                     if v["status"] == "ok" else f"{v['name']} {v['status']}" for v in train["variants"]]
             out.append("train step: " + ", ".join(parts))
         else:
             out.append(f"train step: not measured ({train.get('note')})")

@@ -43,6 +43,11 @@ SUITES: dict[str, list[Layer]] = {
         _conv("smallc 1-32@28", 256, 1, 28, 32, needs_dx=False),
         _conv("smallc 3-64@32", 256, 3, 32, 64, needs_dx=False),
     ],
+    # depthwise 3x3 convs (MobileNet's shapes), here followed by relu and a 2x2 pool
+    "depthwise": [
+        _conv("dw1 32@112 g32", 64, 32, 112, 32, groups=32),
+        _conv("dw2 128@56 g128", 64, 128, 56, 128, groups=128),
+    ],
     # the CPU comparison (cpu backend vs PyTorch CPU eager)
     "cpu": [
         _conv("cpu1 3-32@32", 64, 3, 32, 32, needs_dx=False),

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import fastconv  # noqa: E402
-from bench import autotable, bench_layers, bench_train, harness, providers, report  # noqa: E402
+from bench import autotable, bench_layers, bench_overhead, bench_train, harness, providers, report  # noqa: E402
 from bench.model import Layer, roofline_floor_s  # noqa: E402
 from bench.suites import SUITES, layers_of, parse_layer  # noqa: E402
 from fastconv.backends import autoselect  # noqa: E402
@@ -112,6 +112,7 @@ def test_issue_suites():
     assert [(la.N, la.C, la.H, la.K) for la in SUITES["cnn"]] == [(256, 3, 32, 32), (256, 32, 16, 64)]
     assert all(la.N == 64 and la.relu and la.pool == 2 for la in SUITES["vgg"])
     assert all(la.N == 1024 and not la.bias and not la.relu and la.pool == 2 for la in SUITES["airbench"])
+    assert all(la.groups == la.C == la.K and la.relu and la.pool == 2 for la in SUITES["depthwise"])
 
 
 # --------------------------------------------------------------------------- harness
@@ -334,13 +335,17 @@ def test_train_step_harness(tmp_path, monkeypatch, one_thread):
     monkeypatch.setattr(bench_train, "ReferenceCNN", _StandIn)
     out = tmp_path / "train.json"
     bench_train.main(["--device", "cpu", "--batch", "4", "--image-size", "8", "--widths", "4,8", "--warmup", "1",
-                      "--steps", "3", "--backend", "reference", "--variants", "fastconv,torch-eager", "--out",
-                      str(out)])
+                      "--steps", "3", "--backend", "reference", "--variants", "fastconv,torch-eager", "--profile",
+                      "--out", str(out)])
     res = json.loads(out.read_text())
     v = {x["name"]: x for x in res["variants"]}
     assert v["fastconv"]["status"] == "ok" and v["torch-eager"]["status"] == "ok"
     assert v["fastconv"]["backends"]["conv2d_fwd"] == ["reference"] and "conv2d_bwd" in v["fastconv"]["backends"]
     assert v["fastconv"]["step_ms"] > 0 and v["fastconv"]["steps"] == 3
+    assert 0 < v["fastconv"]["host_ms"] <= v["fastconv"]["step_ms_p80"]  # on the CPU the host is the step
+    prof = v["fastconv"]["profile"]
+    assert prof["steps"] == 3 and prof["top_cpu"] and all(r["self_cpu_us_per_step"] >= 0 for r in prof["top_cpu"])
+    assert any(r["name"].startswith("aten::") for r in prof["top_cpu"])
     assert res["summary"]["fastconv_vs_torch_eager"] == pytest.approx(
         v["torch-eager"]["step_ms"] / v["fastconv"]["step_ms"])
 
@@ -352,6 +357,32 @@ def test_train_without_reference_cnn_reports_unavailable(tmp_path, monkeypatch):
     assert bench_train.main(["--device", "cpu", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["status"] == "unavailable" and res["note"] == "not here" and res["variants"] == []
+
+
+# --------------------------------------------------------------------------- host overhead
+
+
+def test_overhead_benchmark_writes_every_row(tmp_path, one_thread):
+    assert bench_overhead.main(["--device", "cpu", "--backend", "reference", "--calls", "3", "--repeats", "1",
+                                "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "overhead.json").read_text())
+    assert res["device_type"] == "cpu" and res["config"]["backend"] == "reference"
+    keys = {(r["op"], r["pass"], r["provider"]) for r in res["rows"]}
+    assert len(keys) == len(res["rows"]) == 4 * len(bench_overhead.PASSES) * len(bench_overhead.PROVIDERS)
+    for r in res["rows"]:
+        assert r["us_per_call"] > 0
+        if r["provider"] == "eager":
+            assert r["overhead_us"] == 0
+    md = (tmp_path / "overhead.md").read_text()
+    assert md.count("| conv2d+relu+pool2 |") == 2 and "custom_op" in md
+    assert os.environ.get("FASTCONV_EAGER_DIRECT") is None  # the run restores the environment
+
+
+def test_overhead_benchmark_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_overhead.main(["--device", "cpu", "--calls", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench_overhead.main(["--device", "cpu", "--size", "2", "--out", str(tmp_path)])
 
 
 # --------------------------------------------------------------------------- the GPU check script
