@@ -28,6 +28,7 @@ import fastconv  # noqa: E402
 from fastconv import backends, ops  # noqa: E402
 from fastconv.backends import reference  # noqa: E402
 from fastconv.backends.triton import _pack, _tune, configs  # noqa: E402
+from fastconv.backends.triton._common import vec_elems  # noqa: E402
 from oracle import (CONV_CASES, POOL_CASES, ConvCase, PoolCase, assert_close, check_conv, check_pool,  # noqa: E402
                     check_relu)
 
@@ -370,6 +371,33 @@ def test_compile_fullgraph_runs_triton_kernels():
     assert_close("dw", w.grad, w2.grad, torch.float32, 128, DEV)
 
 
+def test_vec_elems_is_the_proven_channel_alignment():
+    nhwc = torch.channels_last
+    assert vec_elems(torch.empty(2, 24, 5, 7, dtype=torch.bfloat16, memory_format=nhwc), 24) == 8
+    assert vec_elems(torch.empty(2, 24, 5, 7, memory_format=nhwc), 24) == 4  # 16 bytes of fp32
+    assert vec_elems(torch.empty(2, 24, 5, 7, dtype=torch.float16, memory_format=nhwc), 12) == 4  # a group
+    assert vec_elems(torch.empty(2, 24, 5, 7, dtype=torch.float16), 24) == 1  # NCHW: channels strided
+    assert vec_elems(torch.empty(2, 3, 5, 7, dtype=torch.float16, memory_format=nhwc), 3) == 1
+    sliced = torch.empty(2, 36, 5, 7, dtype=torch.float16, memory_format=nhwc)[:, :24]
+    assert vec_elems(sliced, 24) == 4  # strides of 36 channels
+
+
+def test_aligned_channel_vectors_match_oracle(monkeypatch):
+    """VEC > 1 (channels_last, 24 channels) reaches all three GEMM kernels and stays exact."""
+    from fastconv.backends.triton import conv_dgrad, conv_fwd, conv_wgrad
+
+    seen = []
+
+    def spy(t, c):
+        seen.append(vec_elems(t, c))
+        return seen[-1]
+
+    for mod in (conv_fwd, conv_dgrad, conv_wgrad):
+        monkeypatch.setattr(mod, "vec_elems", spy)
+    check_conv("triton", EXTRA_CASES[0], torch.float16, DEV, layout="channels_last")
+    assert seen == [8, 8, 8]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the kernels themselves (the gpu tests)")
 def test_kernels_compile_for_hopper():
     """Every kernel variant the launchers pick for the bench layer kinds (bf16, default configs)
@@ -384,6 +412,12 @@ def test_kernels_compile_for_hopper():
         pytest.skip(out.stderr.strip().splitlines()[-1])
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert " 0 failed (sm_90)" in out.stdout
+    # 24 channels (8-element aligned, not 16): every conv kernel loads 16-byte vectors and
+    # pipelines; before the VEC alignment hint the forward loaded one element at a time
+    c24 = [ln for ln in out.stdout.splitlines() if "(C=24" in ln and "_conv_" in ln]
+    assert len(c24) == 3, out.stdout[-4000:]
+    for ln in c24:
+        assert "vector loads 100%" in ln and "pipelined 1" in ln and "stack    0" in ln, ln
 
 
 # --------------------------------------------------------------------------- GPU only
@@ -404,6 +438,7 @@ GPU_REALISTIC = [
     ConvCase(4, 96, 28, 28, 96, 3, 3, dict(padding=1, groups=96, activation="relu")),
     ConvCase(4, 64, 29, 31, 128, 3, 3, dict(padding=2, dilation=2, pool=3), bias=False),
     ConvCase(16, 256, 8, 8, 256, 3, 3, dict(padding=1, pool=2), bias=False),
+    ConvCase(8, 24, 32, 32, 64, 3, 3, dict(padding=1, pool=2), bias=False),  # C=24: 8-element vectors
 ]
 
 

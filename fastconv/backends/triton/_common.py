@@ -101,6 +101,25 @@ def strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
+def vec_elems(t: torch.Tensor, channels: int) -> int:
+    """VEC: the elements of one 16-byte vector of t's dtype that the channel runs of t are
+    aligned to, or less: the largest power of two <= 16 / element size dividing
+    ``channels`` and every stride of t except the channel stride, which must be 1 (else 1).
+
+    Kernels take such sizes and strides divided by VEC and multiply them back by the
+    constexpr VEC, so that Triton can prove the alignment (it only specializes
+    16-divisibility of integer arguments): channel counts like 24 or 40 then load with
+    16-byte vectors and cp.async pipelining instead of one element at a time.
+    """
+    if t.stride(1) != 1 and t.shape[1] != 1:
+        return 1
+    vec = 16 // t.element_size()
+    for v in (channels, t.stride(0), t.stride(2), t.stride(3)):
+        while vec > 1 and v % vec:
+            vec //= 2
+    return vec
+
+
 def window_rows(pool: int) -> int:
     """KK: rows per pooling window in a fused tile (k*k rounded up to a power of two)."""
     return 1 if pool == 1 else next_pow2(pool * pool)

@@ -32,6 +32,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYERS = [
     ("3x3 relu pool2", 1, 64, 56, 56, 128, 3, 3, 1, 1, 1, 1, True, 2, True),
     ("small-C first layer", 1, 3, 32, 32, 64, 3, 3, 1, 1, 1, 1, True, 2, True),
+    ("C=24 (airbench's first block)", 1, 24, 32, 32, 64, 3, 3, 1, 1, 1, 1, False, 2, False),
     ("grayscale first layer", 1, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, True, 2, True),
     ("stem 7x7/s2", 1, 3, 64, 64, 64, 7, 7, 2, 3, 1, 1, True, 1, True),
     ("1x1", 1, 256, 14, 14, 64, 1, 1, 1, 0, 1, 1, False, 1, False),
@@ -45,11 +46,11 @@ POOLS = [((3, 3), (2, 2), (1, 1), (1, 1), False), ((2, 2), (2, 2), (0, 0), (1, 1
 class _Recorder:
     """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kw)`` records the call."""
 
-    def __init__(self, fn, log):
-        self.fn, self.log = fn, log
+    def __init__(self, fn, log, where):
+        self.fn, self.log, self.where = fn, log, where
 
     def __getitem__(self, grid):
-        return lambda *args, **kw: self.log.append((self.fn, args, kw))
+        return lambda *args, **kw: self.log.append((self.fn, args, kw, self.where["layer"]))
 
 
 def _kernels():
@@ -61,11 +62,13 @@ def _kernels():
                 yield mod, name, obj
 
 
-def record(dtypes, all_configs: bool):
-    """Run every launcher on CPU tensors; return the recorded (kernel, args, kwargs) launches."""
+def record(dtypes, all_configs: bool, only: list[str] | None = None):
+    """Run every launcher on CPU tensors; return the recorded (kernel, args, kwargs, layer)
+    launches (``only``: the LAYERS whose name contains one of these strings, no pool or relu)."""
     from . import _tune, conv_dgrad, conv_fwd, conv_wgrad, depthwise, pool, relu
 
     log: list = []
+    where = {"layer": ""}
 
     def choose(kernel, key, cfgs, run, device):
         over = _tune.pinned(kernel)
@@ -80,12 +83,15 @@ def record(dtypes, all_configs: bool):
 
     with ExitStack() as stack:
         for mod, name, fn in _kernels():
-            stack.enter_context(mock.patch.object(mod, name, _Recorder(fn, log)))
+            stack.enter_context(mock.patch.object(mod, name, _Recorder(fn, log, where)))
         for mod in (conv_fwd, conv_dgrad, conv_wgrad):
             stack.enter_context(mock.patch.object(mod, "dot_precision", precision))
         stack.enter_context(mock.patch.object(_tune, "choose", choose))
         for dtype in dtypes:
-            for (_, N, C, H, W, K, R, S, st, pad, dil, G, act, k, bias) in LAYERS:
+            for (name, N, C, H, W, K, R, S, st, pad, dil, G, act, k, bias) in LAYERS:
+                if only and not any(o in name for o in only):
+                    continue
+                where["layer"] = f"{name} {str(dtype).replace('torch.', '')}"
                 p = ConvParams((st, st), (pad,) * 4, (dil, dil), G, act, k)
                 x = torch.randn(N, C, H, W, dtype=dtype).contiguous(memory_format=torch.channels_last)
                 w = torch.randn(K, C // G, R, S, dtype=dtype)
@@ -99,6 +105,9 @@ def record(dtypes, all_configs: bool):
                 (depthwise.depthwise_wgrad if dw else conv_wgrad.conv2d_wgrad)(dy, x, w.shape, saved_y,
                                                                                 saved_idx, p)
                 conv_wgrad.conv2d_bias_grad(dy, saved_y, p)
+            if only:
+                continue
+            where["layer"] = f"pool and relu {str(dtype).replace('torch.', '')}"
             x = torch.randn(1, 64, 28, 28, dtype=dtype).contiguous(memory_format=torch.channels_last)
             for pk in POOLS:
                 pp = PoolParams(*pk)
@@ -157,10 +166,25 @@ def _registers(cubin: bytes) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
 
 
+def vector_load_share(ptx: str) -> float:
+    """Share of the global loads in ``ptx`` that move more than one element (ld.global.v2/.v4,
+    cp.async of 8 or 16 bytes); scalar loads are what a kernel gets when Triton cannot
+    prove alignment or mask constancy. 1.0 when there is no global load."""
+    import re
+
+    loads = re.findall(r"\bld\.global[.\w:]*", ptx)
+    copies = re.findall(r"\bcp\.async\.c[ag]\.shared\.global[.\w:]*\s*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)",
+                        ptx)
+    vec = sum(1 for op in loads if ".v2" in op or ".v4" in op) + sum(1 for n in copies if int(n, 0) >= 8)
+    total = len(loads) + len(copies)
+    return vec / total if total else 1.0
+
+
 def describe(compiled) -> dict:
     ttgir = compiled.asm["ttgir"]
     regs, stack = _registers(compiled.asm["cubin"])
     return {
+        "vector_loads": vector_load_share(compiled.asm["ptx"]),
         "regs": regs,
         "stack": stack,
         "shared": compiled.metadata.shared,
@@ -182,15 +206,17 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
     ap.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="default: bf16 and fp32")
     ap.add_argument("--all-configs", action="store_true", help="compile every tuning candidate")
+    ap.add_argument("--layer", action="append", metavar="SUBSTRING",
+                    help="only the LAYERS whose name contains this (default: all, and the pools and relu)")
     a = ap.parse_args(argv)
     from ._common import INTERPRET
 
     if INTERPRET:
         print("TRITON_INTERPRET is set: the kernels are interpreted, there is nothing to compile", file=sys.stderr)
         return 2
-    log = record([DTYPES[d] for d in a.dtype or ["bf16", "fp32"]], a.all_configs)
+    log = record([DTYPES[d] for d in a.dtype or ["bf16", "fp32"]], a.all_configs, a.layer)
     seen, failures = set(), 0
-    for fn, args, kw in log:
+    for fn, args, kw, layer in log:
         sig = tuple(str(t.dtype) if isinstance(t, torch.Tensor) else (t == 1, t % 16 == 0) if isinstance(t, int)
                     else t for t in args)
         key = (fn.__name__, sig, tuple(sorted(kw.items())))
@@ -203,12 +229,14 @@ def main(argv=None) -> int:
         except InternalsMismatch as e:
             print(f"cannot drive this Triton's compiler: {e}", file=sys.stderr)
             return EXIT_UNSUPPORTED
-            print(f"ok   {time.time() - t0:5.1f}s  regs {d['regs']:3d} stack {d['stack']:4d}  smem {d['shared']:6d}  "
-                  f"wgmma {d['wgmma']:d}  pipelined {d['pipelined']:d}  {_label(fn, kw)}", flush=True)
         except Exception as e:  # report every failing launch, then fail
             failures += 1
-            print(f"FAIL {_label(fn, kw)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            print(f"FAIL {_label(fn, kw)} ({layer}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                   flush=True)
+        else:
+            print(f"ok   {time.time() - t0:5.1f}s  regs {d['regs']:3d} stack {d['stack']:4d}  smem {d['shared']:6d}  "
+                  f"wgmma {d['wgmma']:d}  pipelined {d['pipelined']:d}  vector loads {d['vector_loads']:3.0%}  "
+                  f"{_label(fn, kw)}  ({layer})", flush=True)
     print(f"{len(seen) - failures} compiled, {failures} failed (sm_{a.arch})")
     return 1 if failures else 0
 

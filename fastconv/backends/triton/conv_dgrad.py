@@ -25,6 +25,8 @@ M = N * ceil(H/sh) * ceil(W/sw) pixels (n, i, j) of the phase (h >= H masked).
 
 Pointers: dy, y, idx [N, K, PO, QO] sharing strides (sdn, sdk, sdh, sdw);
 packed w [K, R, S, Cg]; dx [N, C, H, W] with strides (sxn, sxc, sxh, sxw).
+Cg, sxn, sxh and sxw arrive divided by VEC (``_common.vec_elems``), so that the
+weight loads and dx stores of channel counts such as 24 use 16-byte vectors.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, load_dc, mma, next_pow2, nhwc_on_gpu, strides4,
-                      upcast_dot)
+                      upcast_dot, vec_elems)
 from ._pack import packed_weight
 from .configs import conv_dgrad_configs, dc_bytes
 
@@ -64,16 +66,21 @@ def _conv_dgrad_kernel(
     idx_ptr,  # [N, K, PO, QO] uint8 window index (read only when POOL > 1)
     w_ptr,    # [K, R, S, Cg] packed, contiguous
     dx_ptr,   # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
-    # Dimensions
-    H, W, PO, QO, HB, WB, NPIX, Cg, Kg, R, S,
+    # Dimensions (Cg_v, sxn_v, sxh_v, sxw_v in units of VEC elements)
+    H, W, PO, QO, HB, WB, NPIX, Cg_v, Kg, R, S,
     str_h, str_w, pad_h, pad_w, dil_h, dil_w,
     RSTEP, SSTEP, QSTEP_H, QSTEP_W, OFF_H, OFF_W,
-    sdn, sdk, sdh, sdw, sxn, sxc, sxh, sxw,
+    sdn, sdk, sdh, sdw, sxn_v, sxc, sxh_v, sxw_v,
     # Meta-parameters
     POOL: tl.constexpr, RELU: tl.constexpr, STEP_P2: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # multiplied back by the constexpr VEC, so the compiler knows their alignment
+    Cg = Cg_v * VEC
+    sxn = sxn_v * VEC
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
     pid = tl.program_id(0)
     phase = tl.program_id(1)
     g = tl.program_id(2)
@@ -140,6 +147,8 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
              for t in (y, idx)]
     wp = packed_weight(w)
+    vec = vec_elems(dx, Cg)
+    sxn, sxc, sxh, sxw = strides4(dx)
     sh, sw = p.stride
     HB, WB = -(-H // sh), -(-W // sw)
     NPIX = N * HB * WB
@@ -154,10 +163,10 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
         grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(Cg, cfg["BLOCK_N"]), sh * sw, G)
         _conv_dgrad_kernel[grid](
             dyk, saved[0], saved[1], wp, dx,
-            H, W, PO, QO, HB, WB, NPIX, Cg, Kg, R, S,
+            H, W, PO, QO, HB, WB, NPIX, Cg // vec, Kg, R, S,
             sh, sw, p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
             rstep, sstep, qstep_h, qstep_w, off_h, off_w,
-            *strides4(dyk), *strides4(dx), **args, **cfg)
+            *strides4(dyk), sxn // vec, sxc, sxh // vec, sxw // vec, VEC=vec, **args, **cfg)
 
     with device_guard(x):
         run(_tune.choose("conv_dgrad", key, cfgs, run, x.device))

@@ -27,7 +27,9 @@ The GEMM, per group g (grid axis 1)::
 
 Pointers: x [N, C, H, W] with strides (sxn, sxc, sxh, sxw) (channels_last on a
 GPU); packed w [K, R, S, Cg] contiguous; b [K]; y and idx [N, K, PO, QO] with
-strides (syn, syk, syh, syw).
+strides (syn, syk, syh, syw). Cg and the strides sxn, sxh, sxw arrive divided by
+VEC (``_common.vec_elems``: the channel runs' alignment in elements, up to 16
+bytes), so that channel counts such as 24 still load with 16-byte vectors.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, mma, nhwc_on_gpu, store_pooled, strides4, upcast_dot,
-                      window_rows)
+                      vec_elems, window_rows)
 from ._pack import packed_weight
 from .configs import conv_fwd_configs
 
@@ -55,15 +57,20 @@ def _conv_fwd_kernel(
     b_ptr,    # [K] (read only when HAS_BIAS)
     y_ptr,    # [N, K, PO, QO], strides (syn, syk, syh, syw)
     idx_ptr,  # [N, K, PO, QO] uint8, same strides as y (written only when POOL > 1)
-    # Dimensions
-    H, W, PO, QO, NWIN, Cg, Kg, R, S,
+    # Dimensions (Cg_v, sxn_v, sxh_v, sxw_v in units of VEC elements)
+    H, W, PO, QO, NWIN, Cg_v, Kg, R, S,
     str_h, str_w, pad_h, pad_w, dil_h, dil_w,
-    sxn, sxc, sxh, sxw, syn, syk, syh, syw,
+    sxn_v, sxc, sxh_v, sxw_v, syn, syk, syh, syw,
     # Meta-parameters
     POOL: tl.constexpr, KK: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    FLAT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    FLAT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # multiplied back by the constexpr VEC, so the compiler knows their alignment
+    Cg = Cg_v * VEC
+    sxn = sxn_v * VEC
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
     pid = tl.program_id(0)
     g = tl.program_id(1)
     num_n = tl.cdiv(Kg, BLOCK_N)
@@ -139,6 +146,8 @@ def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: Conv
         return y, idx
     xk = nhwc_on_gpu(x)
     wp = packed_weight(w)
+    vec = vec_elems(xk, Cg)
+    sxn, sxc, sxh, sxw = strides4(xk)
     KK = window_rows(k)
     NWIN = N * PO * QO
     flat = Cg < FLAT_BELOW_CG
@@ -152,9 +161,9 @@ def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: Conv
         grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(Kg, cfg["BLOCK_N"]), G)
         _conv_fwd_kernel[grid](
             xk, wp, b if b is not None else wp, y, idx if k > 1 else y,
-            H, W, PO, QO, NWIN, Cg, Kg, R, S,
+            H, W, PO, QO, NWIN, Cg // vec, Kg, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
-            *strides4(xk), *strides4(y), **args, **cfg)
+            sxn // vec, sxc, sxh // vec, sxw // vec, *strides4(y), VEC=vec, **args, **cfg)
 
     with device_guard(x):
         run(_tune.choose("conv_fwd", key, cfgs, run, x.device))

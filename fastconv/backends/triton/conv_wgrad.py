@@ -25,7 +25,9 @@ each window receives dy, so sum_window dC = dy * (not RELU or y > 0) and
     db[k] = sum over (n, po, qo) of dy[n, k, po, qo] * (not RELU or y[n, k, po, qo] > 0)
 
 Pointers: dy, y, idx [N, K, PO, QO] sharing strides (sdn, sdk, sdh, sdw);
-x [N, C, H, W] with strides (sxn, sxc, sxh, sxw); dw_acc, db_acc fp32.
+x [N, C, H, W] with strides (sxn, sxc, sxh, sxw); dw_acc, db_acc fp32. Cg,
+sxn, sxh and sxw arrive divided by VEC (``_common.vec_elems``), so that x loads
+of channel counts such as 24 use 16-byte vectors.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from ..._layout import memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (INTERPRET, cdiv, device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4,
-                      upcast_dot)
+                      upcast_dot, vec_elems)
 from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
 
 
@@ -49,15 +51,20 @@ def _conv_wgrad_kernel(
     idx_ptr,  # [N, K, PO, QO] uint8 window index (read only when POOL > 1)
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
     dw_ptr,   # [K, R*S*Cg] fp32 accumulator (zeroed when ATOMIC)
-    # Dimensions
-    H, W, PO, QO, PP, QQ, NPQ, CHUNK, Cg, Kg, R, S,
+    # Dimensions (Cg_v, sxn_v, sxh_v, sxw_v in units of VEC elements)
+    H, W, PO, QO, PP, QQ, NPQ, CHUNK, Cg_v, Kg, R, S,
     str_h, str_w, pad_h, pad_w, dil_h, dil_w,
-    sdn, sdk, sdh, sdw, sxn, sxc, sxh, sxw,
+    sdn, sdk, sdh, sdw, sxn_v, sxc, sxh_v, sxw_v,
     # Meta-parameters
     POOL: tl.constexpr, RELU: tl.constexpr, ATOMIC: tl.constexpr, ONE_TAP: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # multiplied back by the constexpr VEC, so the compiler knows their alignment
+    Cg = Cg_v * VEC
+    sxn = sxn_v * VEC
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
     pid = tl.program_id(0)
     split = tl.program_id(1)
     g = tl.program_id(2)
@@ -173,6 +180,8 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
     dyk = nhwc_on_gpu(dy)
     saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
              for t in (y, idx)]
+    vec = vec_elems(xk, Cg)
+    sxn, sxc, sxh, sxw = strides4(xk)
     dw_acc = torch.empty((K, RSC), dtype=torch.float32, device=x.device)
     cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1, Cg, dc_bytes(x.element_size(), p.relu, k))
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
@@ -187,10 +196,10 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
             dw_acc.zero_()
         _conv_wgrad_kernel[(tiles, split, G)](
             dyk, saved[0], saved[1], xk, dw_acc,
-            H, W, PO, QO, PP, QQ, NPQ, chunk, Cg, Kg, R, S,
+            H, W, PO, QO, PP, QQ, NPQ, chunk, Cg // vec, Kg, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
-            *strides4(dyk), *strides4(xk), ATOMIC=split > 1, ONE_TAP=Cg % cfg["BLOCK_N"] == 0,
-            **args, **cfg)
+            *strides4(dyk), sxn // vec, sxc, sxh // vec, sxw // vec, ATOMIC=split > 1,
+            ONE_TAP=Cg % cfg["BLOCK_N"] == 0, VEC=vec, **args, **cfg)
 
     with device_guard(x):
         run(_tune.choose("conv_wgrad", key, cfgs, run, x.device))
