@@ -81,8 +81,10 @@ def _conv_wgrad_kernel(
     col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = col < RSC
     if ONE_TAP:
-        c = (pid_n * BLOCK_N) % Cg + tl.arange(0, BLOCK_N)
         rs = (pid_n * BLOCK_N) // Cg
+        # not (pid_n * BLOCK_N) % Cg: Triton's alignment analysis loses the divisibility
+        # through %, and the x tile then loads one element at a time, unpipelined
+        c = (pid_n * BLOCK_N - rs * Cg) + tl.arange(0, BLOCK_N)
     else:
         c = col % Cg
         rs = col // Cg
