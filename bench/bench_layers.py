@@ -6,8 +6,8 @@
     bench/bench_layers.py --layer N=64,C=128,H=56,K=256 --providers triton,eager
     bench/bench_layers.py --suite all --write-autotable fastconv/backends/autotable.json
 
-Suites: cnn, vgg, airbench, stem, small-c, cpu, tiny, and ``all`` (the five GPU
-suites). Each layer x provider x pass gives median / p20 / p80 time, TFLOP/s,
+Suites: cnn, vgg, airbench, stem, small-c, depthwise, cpu, tiny, and ``all`` (the
+GPU suites). Each layer x provider x pass gives median / p20 / p80 time, TFLOP/s,
 GB/s, % of the roofline floor and peak memory; the output folder (default
 bench/results/<device>/) gets results.json (rewritten after every layer),
 results.md and speedup.png, and the short table is printed last.
@@ -31,7 +31,7 @@ from bench.model import PASSES  # noqa: E402
 from bench.suites import SUITES, layers_of  # noqa: E402
 from bench.timing import dtype_of  # noqa: E402
 
-GPU_SUITES = ("cnn", "vgg", "airbench", "stem", "small-c")
+GPU_SUITES = ("cnn", "vgg", "airbench", "stem", "small-c", "depthwise")
 
 
 def _csv(s: str) -> list[str]:
@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-ms", type=float, default=25.0, help="untimed warm-up per measurement")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kernel-times", action="store_true",
+                    help="profile one forward + backward of each fastconv provider: its top kernels "
+                         "(in results.json under the fwdbwd row's 'kernels')")
     args = ap.parse_args(argv)
     suites = [s for spec in args.suite for s in _csv(spec)]
     if "all" in suites:
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
         device=device, dtype=dtype, channels_last=layout == "channels_last", passes=tuple(args.passes),
         providers=providers.check_names(args.providers or providers.default_providers(device)),
         compile_mode=args.compile_mode, target_ms=args.target_ms, warmup_ms=args.warmup_ms,
-        budget_s=args.budget_s, seed=args.seed)
+        budget_s=args.budget_s, seed=args.seed, kernel_times=args.kernel_times)
     layers = args.layers
     out = args.out or Path(harness.default_out_dir(device))
     out.mkdir(parents=True, exist_ok=True)

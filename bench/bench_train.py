@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import fastconv  # noqa: E402
-from bench import harness, providers, report  # noqa: E402
+from bench import harness, profiling, providers, report  # noqa: E402
 from bench.timing import summarize  # noqa: E402
 
 try:
@@ -118,35 +118,6 @@ def time_steps(step, device, warmup: int, steps: int) -> tuple[list[float], list
     return samples, host
 
 
-def _us(evt, *names) -> float:
-    for n in names:  # the field names changed across torch versions
-        v = getattr(evt, n, None)
-        if v is not None:
-            return float(v)
-    return 0.0
-
-
-def profile_steps(step, device, steps: int = 3, top: int = 12) -> dict:
-    """torch.profiler over ``steps`` steps: the ops and kernels that take the most time per
-    step, on the device (self time) and on the host (self CPU time)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
-    with profile(activities=acts) as prof:
-        for i in range(steps):
-            step(i)
-        _sync(device)
-    rows = [{"name": e.key[:120], "calls_per_step": e.count / steps,
-             "self_device_us_per_step": _us(e, "self_device_time_total", "self_cuda_time_total") / steps,
-             "self_cpu_us_per_step": _us(e, "self_cpu_time_total") / steps}
-            for e in prof.key_averages()]
-    by_dev = sorted(rows, key=lambda r: -r["self_device_us_per_step"])[:top]
-    by_cpu = sorted(rows, key=lambda r: -r["self_cpu_us_per_step"])[:top]
-    return {"steps": steps, "device_total_us_per_step": sum(r["self_device_us_per_step"] for r in rows),
-            "top_device": [r for r in by_dev if r["self_device_us_per_step"] > 0], "top_cpu": by_cpu}
-
-
 def run_variant(variant: str, args, device, data) -> dict:
     amp = args.precision == "bf16"
     model = make_model(variant, args, device)
@@ -181,7 +152,7 @@ def run_variant(variant: str, args, device, data) -> dict:
     with scope:
         samples, host = time_steps(step, device, args.warmup, args.steps)
         if args.profile:
-            out["profile"] = profile_steps(step, device)
+            out["profile"] = profiling.top_ops(step, device, calls=3)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -237,9 +208,8 @@ def main(argv=None) -> int:
             print(f"train {variant:<14} {v['step_ms']:8.2f} ms/step [{v['step_ms_p20']:.2f}, "
                   f"{v['step_ms_p80']:.2f}], host {v['host_ms']:.2f} ms  {v['images_per_s']:9.0f} images/s{mem}",
                   flush=True)
-            for r in v.get("profile", {}).get("top_device", [])[:8]:
-                print(f"    {r['self_device_us_per_step']:9.1f} us/step on the device  "
-                      f"{r['calls_per_step']:5.1f} calls  {r['name'][:70]}", flush=True)
+            if "profile" in v:
+                print("\n".join(profiling.lines(v["profile"])), flush=True)
         else:
             print(f"train {variant:<14} {v['status']}: {v['note']}", flush=True)
         if device.type == "cuda":

@@ -197,7 +197,7 @@ layers() {
     "$PY" bench/bench_layers.py --suite cnn,small-c,depthwise --compile-mode default --target-ms 50 \
       --out "$OUT" --budget-s "$budget"
   else
-    "$PY" bench/bench_layers.py --suite cnn,small-c,depthwise,airbench,vgg,stem --target-ms 50 \
+    "$PY" bench/bench_layers.py --suite cnn,small-c,depthwise,airbench,vgg,stem --target-ms 50 --kernel-times \
       --out "$OUT" --budget-s "$budget"
   fi
 }

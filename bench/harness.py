@@ -30,6 +30,7 @@ import torch
 import fastconv
 from fastconv.backends import BackendUnsupportedError
 
+from . import profiling
 from . import providers as prov
 from .model import PASSES, Layer, roofline_floor_s
 from .timing import Timer, device_name, measure_peaks, rotation_sets
@@ -52,6 +53,7 @@ class Config:
     warmup_ms: float = 25.0
     budget_s: Optional[float] = None  # no new timing starts after this many seconds
     seed: int = 0
+    kernel_times: bool = False  # profile one forward + backward of each fastconv provider
 
     def as_dict(self) -> dict:
         return {
@@ -59,6 +61,7 @@ class Config:
             "layout": "channels_last" if self.channels_last else "nchw", "passes": list(self.passes),
             "providers": list(self.providers), "compile_mode": self.compile_mode,
             "target_ms": self.target_ms, "warmup_ms": self.warmup_ms, "budget_s": self.budget_s,
+            "kernel_times": self.kernel_times,
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if self.device.type == "cuda" else None,
             "tf32": tf32_on(self.device, self.dtype),
             "threads": torch.get_num_threads(),
@@ -201,6 +204,22 @@ def _metrics(layer: Layer, pass_: str, cfg: Config, peaks: dict, median_ms: floa
             "floor_ms": floor * 1e3, "roofline_pct": 100.0 * floor / t}
 
 
+def _kernel_times(fn, layer: Layer, sets: list, device, provider: str, log: Callable) -> Optional[dict]:
+    """The top kernels of one forward + backward (profiled 3 times), or None if that fails."""
+    run, _ = closures(fn, "fwdbwd", layer, sets)
+    try:
+        with prov.scope(provider):
+            prof = profiling.top_ops(lambda i: run(i % len(sets), None), device, calls=3, top=10)
+    except Exception as e:  # noqa: BLE001  (a profiler problem must not cost the timing)
+        log(f"  {layer.name:<28} {provider:<9} kernel times: {_first_line(e)}")
+        return None
+    log(f"  {layer.name:<28} {provider:<9} kernels of one forward + backward:")
+    for line in profiling.lines(prof):
+        log(line)
+    return {"device_total_us": prof["device_total_us"], "top_device": prof["top_device"],
+            "top_cpu": prof["top_cpu"][:5]}
+
+
 def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, deadline: Optional[float],
               log: Callable = print) -> list[dict]:
     gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
@@ -229,6 +248,9 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
             extra["backends"] = info["backends"]
         if provider == "compile":
             extra["compile_s"] = info["first_call_s"]
+        kernels = None
+        if cfg.kernel_times and provider in prov.FASTCONV and "fwdbwd" in cfg.passes:
+            kernels = _kernel_times(fn, layer, sets, cfg.device, provider, log)
         with prov.scope(provider):
             for pass_ in cfg.passes:
                 if deadline is not None and time.perf_counter() > deadline:
@@ -243,6 +265,8 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
                     log(f"  {layer.name:<28} {provider:<9} {pass_:<6} error: {_first_line(e)}")
                     continue
                 m = _metrics(layer, pass_, cfg, peaks, t.median_ms)
+                if pass_ == "fwdbwd" and kernels is not None:
+                    extra = {**extra, "kernels": kernels}
                 rows.append(_row(suite, layer, provider, pass_, "ok", median_ms=t.median_ms, p20_ms=t.p20_ms,
                                  p80_ms=t.p80_ms, n=t.n, **m,
                                  peak_mem_mb=None if mem is None else mem / 2**20, **extra))

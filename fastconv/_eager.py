@@ -64,7 +64,7 @@ def usable(*tensors) -> bool:
     return True
 
 
-class Conv2d(torch.autograd.Function):
+class FastconvConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, p: ConvParams):
         y, idx = ops.conv2d_fwd_impl(x, w, b, p)
@@ -88,7 +88,7 @@ class Conv2d(torch.autograd.Function):
         return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None)
 
 
-class ReLU(torch.autograd.Function):
+class FastconvReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor):
         y = ops.relu_fwd_impl(x)
@@ -101,7 +101,7 @@ class ReLU(torch.autograd.Function):
         return (ops.relu_bwd if torch.is_grad_enabled() else ops.relu_bwd_impl)(dy, y)
 
 
-class MaxPool2d(torch.autograd.Function):
+class FastconvMaxPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: PoolParams):
         y, idx = ops.max_pool2d_fwd_impl(x, p)

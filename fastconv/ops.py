@@ -158,7 +158,7 @@ def conv2d(x: Tensor, w: Tensor, b: Optional[Tensor] = None, stride=1, padding=0
         x = x.unsqueeze(0)
     p = _args.conv(x, w, b, stride, padding, dilation, groups, activation, pool)
     if _eager.usable(x, w, b):
-        y, _ = _eager.Conv2d.apply(x, w, b, p)
+        y, _ = _eager.FastconvConv2d.apply(x, w, b, p)
     else:
         y, _ = conv2d_fwd(x, w, b, p.stride, p.padding, p.dilation, p.groups, p.relu, p.pool)
     return y.squeeze(0) if unbatched else y
@@ -225,7 +225,7 @@ def relu(x: Tensor) -> Tensor:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _args.FLOAT_DTYPES:
         raise TypeError(f"x must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
-    return _eager.ReLU.apply(x) if _eager.usable(x) else relu_fwd(x)
+    return _eager.FastconvReLU.apply(x) if _eager.usable(x) else relu_fwd(x)
 
 
 # --------------------------------------------------------------------------- max_pool2d
@@ -299,7 +299,7 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_
         x = x.unsqueeze(0)
     p = _args.max_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
     if _eager.usable(x):
-        y, _ = _eager.MaxPool2d.apply(x, p)
+        y, _ = _eager.FastconvMaxPool2d.apply(x, p)
     else:
         y, _ = max_pool2d_fwd(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
     return y.squeeze(0) if unbatched else y

@@ -105,6 +105,19 @@ def test_parse_layer():
         layers_of(["nope"], [])
 
 
+def test_kernel_times_split_a_fused_layer(tmp_path, one_thread):
+    rc = bench_layers.main(["--device", "cpu", "--layer", "N=2,C=3,H=8,K=4,name=tiny", "--providers",
+                            "reference,eager", "--passes", "fwdbwd", "--target-ms", "2", "--warmup-ms", "1",
+                            "--kernel-times", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["kernel_times"] is True
+    rows = {r["provider"]: r for r in res["rows"]}
+    assert "kernels" not in rows["eager"]  # only fastconv providers are profiled
+    names = [k["name"] for k in rows["reference"]["kernels"]["top_cpu"]]
+    assert any(n.startswith("aten::") for n in names), names
+
+
 def test_issue_suites():
     cpu = SUITES["cpu"]
     assert [(la.N, la.C, la.H, la.K, la.pool, la.padding) for la in cpu] == [
@@ -344,7 +357,7 @@ def test_train_step_harness(tmp_path, monkeypatch, one_thread):
     assert v["fastconv"]["step_ms"] > 0 and v["fastconv"]["steps"] == 3
     assert 0 < v["fastconv"]["host_ms"] <= v["fastconv"]["step_ms_p80"]  # on the CPU the host is the step
     prof = v["fastconv"]["profile"]
-    assert prof["steps"] == 3 and prof["top_cpu"] and all(r["self_cpu_us_per_step"] >= 0 for r in prof["top_cpu"])
+    assert prof["calls"] == 3 and prof["top_cpu"] and all(r["self_cpu_us"] >= 0 for r in prof["top_cpu"])
     assert any(r["name"].startswith("aten::") for r in prof["top_cpu"])
     assert res["summary"]["fastconv_vs_torch_eager"] == pytest.approx(
         v["torch-eager"]["step_ms"] / v["fastconv"]["step_ms"])

@@ -16,8 +16,8 @@ CALLS = {
     "relu": lambda x, w, b: fastconv.relu(x - 0.1),
     "max_pool2d": lambda x, w, b: fastconv.max_pool2d(x, 3, 2, padding=1, ceil_mode=True),
 }
-GRAD_FN = {"conv-relu-pool": "Conv2dBackward", "conv-strided-groups": "Conv2dBackward",
-           "relu": "ReLUBackward", "max_pool2d": "MaxPool2dBackward"}
+GRAD_FN = {"conv-relu-pool": "FastconvConv2dBackward", "conv-strided-groups": "FastconvConv2dBackward",
+           "relu": "FastconvReLUBackward", "max_pool2d": "FastconvMaxPool2dBackward"}
 
 
 def _inputs(seed=0):
