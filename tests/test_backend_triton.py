@@ -264,6 +264,34 @@ def test_pinned_small_tiles_still_match_oracle(monkeypatch):
     check_pool("triton", POOL_CASES[2], torch.float32, DEV)
 
 
+@pytest.mark.parametrize("case, fused", [
+    (CONV_CASES[0], True),                 # C*R*S = 27: one column tile, bias fused
+    (EXTRA_CASES[2], True),                # two row tiles (K = 72)
+    (ConvCase(2, 16, 8, 8, 8, 3, 3, dict(padding=1, activation="relu", pool=2)), False),  # 144 columns
+], ids=str)
+def test_wgrad_split_k_and_fused_bias_match_oracle(case, fused, monkeypatch):
+    """wgrad split over three reduction chunks (fp32 atomics, then one cast: on the CPU only
+    when forced), with the bias gradient fused into it or from its own reduction."""
+    from fastconv.backends.triton import conv_wgrad
+
+    monkeypatch.setattr(conv_wgrad, "split_count", lambda *a: 3)
+    monkeypatch.setenv(_tune.ENV_PIN, "conv_wgrad:BLOCK_K=16")
+    launches = []
+    kernel = conv_wgrad._conv_wgrad_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append((grid[1], kw["ATOMIC"], kw["HAS_DB"]))
+                return kernel[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(conv_wgrad, "_conv_wgrad_kernel", Spy())
+    check_conv("triton", case, torch.float32, DEV)
+    assert launches and all(split == 3 and atomic for split, atomic, _ in launches), launches
+    assert all(has_db == fused for _, _, has_db in launches), launches
+
+
 def test_tuning_cache_on_disk(monkeypatch, tmp_path):
     path = tmp_path / "tune.json"
     monkeypatch.setenv(_tune.ENV_CACHE, str(path))

@@ -4,7 +4,7 @@ Kernel files (each starts with its math and layout):
 
 * ``conv_fwd.py``   fused conv + bias + relu + k x k max-pool, implicit GEMM (NHWC, packed [K, R, S, Cg])
 * ``conv_dgrad.py`` input gradient, implicit GEMM over stride phases, unpool prologue
-* ``conv_wgrad.py`` weight gradient, implicit GEMM with split-K; bias gradient, one reduction
+* ``conv_wgrad.py`` weight gradient, implicit GEMM with split-K, bias gradient fused (or one reduction)
 * ``depthwise.py``  direct kernels for groups == C (forward, dgrad, wgrad)
 * ``pool.py``       general max_pool2d forward / backward
 * ``relu.py``       relu forward / backward
@@ -97,9 +97,11 @@ def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
     dx = dw = db = None
     if mask[0]:
         dx = (depthwise.depthwise_dgrad if dw_impl else conv_dgrad.conv2d_dgrad)(dy, x, w, y, idx, p)
-    if mask[1]:
-        dw = (depthwise.depthwise_wgrad if dw_impl else conv_wgrad.conv2d_wgrad)(dy, x, w.shape, y, idx, p)
-    if mask[2]:
+    if mask[1] and not dw_impl:  # the bias gradient too (fused into the GEMM where it pays)
+        dw, db = conv_wgrad.conv2d_wgrad(dy, x, w.shape, y, idx, p, with_bias=mask[2])
+    elif mask[1]:
+        dw = depthwise.depthwise_wgrad(dy, x, w.shape, y, idx, p)
+    if mask[2] and db is None:
         db = conv_wgrad.conv2d_bias_grad(dy, y, p)
     return dx, dw, db
 

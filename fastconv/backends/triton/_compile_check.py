@@ -102,9 +102,11 @@ def record(dtypes, all_configs: bool, only: list[str] | None = None):
                 dy = torch.randn_like(y)
                 saved_y, saved_idx = (y if act else None), (idx if k > 1 else None)
                 (depthwise.depthwise_dgrad if dw else conv_dgrad.conv2d_dgrad)(dy, x, w, saved_y, saved_idx, p)
-                (depthwise.depthwise_wgrad if dw else conv_wgrad.conv2d_wgrad)(dy, x, w.shape, saved_y,
-                                                                                saved_idx, p)
-                conv_wgrad.conv2d_bias_grad(dy, saved_y, p)
+                if dw:
+                    depthwise.depthwise_wgrad(dy, x, w.shape, saved_y, saved_idx, p)
+                    conv_wgrad.conv2d_bias_grad(dy, saved_y, p)
+                else:  # the bias gradient rides on the weight-gradient GEMM
+                    conv_wgrad.conv2d_wgrad(dy, x, w.shape, saved_y, saved_idx, p, with_bias=bias)
             if only:
                 continue
             where["layer"] = f"pool and relu {str(dtype).replace('torch.', '')}"

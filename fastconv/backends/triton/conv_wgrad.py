@@ -15,19 +15,28 @@ wgrad, an implicit GEMM with split-K over the conv output pixels::
 The columns use the flattened index (r*S + s)*Cg + c of the packed weight, so
 small-C filters fill whole tiles. Only the conv outputs inside pooling windows
 (oh < PO*k, ow < QO*k) are visited; the ragged edge has dC = 0. dC is rebuilt
-from (dy, y, idx) per tile, never stored. Partial sums of the SPLIT chunks
-are added in fp32 with atomics into dw_acc [K, R*S*Cg] (zeroed first); the
-launcher casts and unpacks it to [K, Cg, R, S].
+from (dy, y, idx) per tile, never stored. The tile is stored straight into dw
+[K, Cg, R, S] (element (k, c, r, s) at k*Cg*R*S + c*R*S + r*S + s): in dw's
+dtype with one chunk, or, split in SPLIT chunks, added in fp32 with atomics
+into a zeroed fp32 dw that the launcher casts.
 
-Bias gradient, one reduction over the pooled gradient: exactly one element of
-each window receives dy, so sum_window dC = dy * (not RELU or y > 0) and
+Bias gradient, the row sums of A: db[k] = sum over npq of dC[n, k, oh, ow].
+When one column tile spans all R*S*Cg columns (first layers: C*R*S <= BLOCK_N)
+every program holds whole rows of dC, so with HAS_DB it sums them from the A
+tiles it loads anyway and stores (or atomically adds) db like dw: no separate
+pass over dy, which is as large as the layer's whole input gradient traffic
+there. Otherwise (several column tiles would sum the same rows, and a per-tile
+branch costs registers) it is one reduction over the pooled gradient
+(``_bias_grad_kernel``): exactly one element of each window receives dy, so
+sum_window dC = dy * (not RELU or y > 0) and
 
     db[k] = sum over (n, po, qo) of dy[n, k, po, qo] * (not RELU or y[n, k, po, qo] > 0)
 
 Pointers: dy, y, idx [N, K, PO, QO] sharing strides (sdn, sdk, sdh, sdw);
-x [N, C, H, W] with strides (sxn, sxc, sxh, sxw); dw_acc, db_acc fp32. Cg,
-sxn, sxh and sxw arrive divided by VEC (``_common.vec_elems``), so that x loads
-of channel counts such as 24 use 16-byte vectors.
+x [N, C, H, W] with strides (sxn, sxc, sxh, sxw); dw [K, Cg, R, S] and db [K]
+contiguous (fp32 when ATOMIC). Cg, sxn, sxh and sxw arrive divided by VEC
+(``_common.vec_elems``), so that x loads of channel counts such as 24 use
+16-byte vectors.
 """
 from __future__ import annotations
 
@@ -50,14 +59,15 @@ def _conv_wgrad_kernel(
     y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
     idx_ptr,  # [N, K, PO, QO] uint8 window index (read only when POOL > 1)
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
-    dw_ptr,   # [K, R*S*Cg] fp32 accumulator (zeroed when ATOMIC)
+    dw_ptr,   # [K, Cg, R, S] contiguous: x's dtype, or zeroed fp32 when ATOMIC
+    db_ptr,   # [K] like dw (written only when HAS_DB)
     # Dimensions (Cg_v, sxn_v, sxh_v, sxw_v in units of VEC elements)
     H, W, PO, QO, PP, QQ, NPQ, CHUNK, Cg_v, Kg, R, S,
     str_h, str_w, pad_h, pad_w, dil_h, dil_w,
     sdn, sdk, sdh, sdw, sxn_v, sxc, sxh_v, sxw_v,
     # Meta-parameters
     POOL: tl.constexpr, RELU: tl.constexpr, ATOMIC: tl.constexpr, ONE_TAP: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
+    HAS_DB: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # multiplied back by the constexpr VEC, so the compiler knows their alignment
@@ -93,6 +103,7 @@ def _conv_wgrad_kernel(
     x_cols = (g * Cg + c) * sxc + r_dil * sxh + s_dil * sxw
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     lo = split * CHUNK
     hi = tl.minimum(lo + CHUNK, NPQ)
     for t0 in range(lo, hi, BLOCK_K):
@@ -116,13 +127,21 @@ def _conv_wgrad_kernel(
         x_rows = n.to(tl.int64) * sxn + ih0 * sxh + iw0 * sxw
         b = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :], mask=b_ok, other=0.0)
         acc = mma(tl.trans(a), b, acc, PRECISION, UPCAST)
+        if HAS_DB:  # one column tile: pid_n == 0
+            db_acc += tl.sum(a.to(tl.float32), axis=0)
 
-    out = dw_ptr + (g * Kg + k).to(tl.int64)[:, None] * RSC + col[None, :]
+    # dw[k, c, r, s]: the column (r*S + s)*Cg + c lands at c*R*S + (r*S + s)
+    out = dw_ptr + (g * Kg + k).to(tl.int64)[:, None] * RSC + (c * (R * S) + rs)[None, :]
     mask = k_ok[:, None] & col_ok[None, :]
     if ATOMIC:
         tl.atomic_add(out, acc, mask=mask)
     else:
-        tl.store(out, acc, mask=mask)
+        tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=mask)
+    if HAS_DB:
+        if ATOMIC:
+            tl.atomic_add(db_ptr + g * Kg + k, db_acc, mask=k_ok)
+        else:
+            tl.store(db_ptr + g * Kg + k, db_acc.to(db_ptr.dtype.element_ty), mask=k_ok)
 
 
 @triton.jit(do_not_specialize=["NOUT", "PO", "QO", "CHUNK"])
@@ -168,8 +187,8 @@ def split_count(tiles: int, reduction: int, block: int, device: torch.device) ->
     return max(1, min(want, reduction // (8 * block)))
 
 
-def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
-    """dw [K, Cg, R, S] contiguous, in x's dtype."""
+def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams, with_bias: bool = False):
+    """(dw [K, Cg, R, S] contiguous, db [K] or None) in x's dtype; db only ``with_bias``."""
     N, C, H, W = x.shape
     K, Cg, R, S = w_shape
     G, k = p.groups, p.pool
@@ -184,28 +203,33 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
              for t in (y, idx)]
     vec = vec_elems(xk, Cg)
     sxn, sxc, sxh, sxw = strides4(xk)
-    dw_acc = torch.empty((K, RSC), dtype=torch.float32, device=x.device)
     cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1, Cg, dc_bytes(x.element_size(), p.relu, k))
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
     args = dict(POOL=k, RELU=p.relu, PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
 
     def run(cfg):
+        fuse_db = with_bias and RSC <= cfg["BLOCK_N"]
         tiles = cdiv(Kg, cfg["BLOCK_M"]) * cdiv(RSC, cfg["BLOCK_N"])
         split = split_count(tiles * G, NPQ, cfg["BLOCK_K"], x.device)
         chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
         split = cdiv(NPQ, chunk)
-        if split > 1:
-            dw_acc.zero_()
+        # one chunk stores the final dw / db; several add into zeroed fp32 ones
+        acc_dtype = torch.float32 if split > 1 else x.dtype
+        make = torch.zeros if split > 1 else torch.empty
+        dw = make(w_shape, dtype=acc_dtype, device=x.device)
+        db = make(K, dtype=acc_dtype, device=x.device) if fuse_db else dw
         _conv_wgrad_kernel[(tiles, split, G)](
-            dyk, saved[0], saved[1], xk, dw_acc,
+            dyk, saved[0], saved[1], xk, dw, db,
             H, W, PO, QO, PP, QQ, NPQ, chunk, Cg // vec, Kg, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
             *strides4(dyk), sxn // vec, sxc, sxh // vec, sxw // vec, ATOMIC=split > 1,
-            ONE_TAP=Cg % cfg["BLOCK_N"] == 0, VEC=vec, **args, **cfg)
+            ONE_TAP=Cg % cfg["BLOCK_N"] == 0, HAS_DB=fuse_db, VEC=vec, **args, **cfg)
+        if fuse_db:
+            return dw.to(x.dtype), db.to(x.dtype)
+        return dw.to(x.dtype), (conv2d_bias_grad(dy, y, p) if with_bias else None)
 
     with device_guard(x):
-        run(_tune.choose("conv_wgrad", key, cfgs, run, x.device))
-    return dw_acc.view(K, R, S, Cg).permute(0, 3, 1, 2).to(x.dtype).contiguous()
+        return run(_tune.choose("conv_wgrad", key, cfgs, run, x.device))
 
 
 def conv2d_bias_grad(dy, y, p: ConvParams) -> torch.Tensor:
