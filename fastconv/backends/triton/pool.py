@@ -120,8 +120,10 @@ def _max_pool_bwd_kernel(
             off = (y_rows + oh * syh + ow * syw)[:, None] + c[None, :] * syc
             mask = ok[:, None] & c_ok[None, :]
             hit = tl.load(idx_ptr + off, mask=mask, other=-1) == me
-            g = tl.load(dy_ptr + off, mask=mask & hit, other=0.0)
-            acc += g.to(tl.float32)
+            # the load's mask must not depend on hit: a data-dependent mask is one element
+            # per load instruction; the whole dy tile loads as 16-byte vectors
+            g = tl.load(dy_ptr + off, mask=mask, other=0.0)
+            acc += tl.where(hit, g.to(tl.float32), 0.0)
     off = (n.to(tl.int64) * sxn + h * sxh + w * sxw)[:, None] + c[None, :] * sxc
     tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
