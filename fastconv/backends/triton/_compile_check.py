@@ -169,16 +169,26 @@ def _registers(cubin: bytes) -> tuple[int, int]:
 
 
 def vector_load_share(ptx: str) -> float:
-    """Share of the global loads in ``ptx`` that move more than one element (ld.global.v2/.v4,
-    cp.async of 8 or 16 bytes); scalar loads are what a kernel gets when Triton cannot
-    prove alignment or mask constancy. 1.0 when there is no global load."""
+    """Share of the bytes that the global loads in ``ptx`` move with vector instructions
+    (ld.global.v2/.v4, cp.async of 8 or 16 bytes); scalar loads are what a kernel gets
+    when Triton cannot prove alignment or mask constancy. 1.0 when nothing is loaded."""
     import re
 
-    loads = re.findall(r"\bld\.global[.\w:]*", ptx)
-    copies = re.findall(r"\bcp\.async\.c[ag]\.shared\.global[.\w:]*\s*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)",
-                        ptx)
-    vec = sum(1 for op in loads if ".v2" in op or ".v4" in op) + sum(1 for n in copies if int(n, 0) >= 8)
-    total = len(loads) + len(copies)
+    def width(op: str) -> int:
+        bits = re.search(r"\.[bfsu](8|16|32|64)\b", op)
+        n = int(bits.group(1)) // 8 if bits else 4
+        return n * (4 if ".v4" in op else 2 if ".v2" in op else 1)
+
+    vec = total = 0
+    for op in re.findall(r"\bld\.global[.\w:]*", ptx):
+        b = width(op)
+        total += b
+        vec += b if (".v2" in op or ".v4" in op) else 0
+    for n in re.findall(r"\bcp\.async\.c[ag]\.shared\.global[.\w:]*\s*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)",
+                        ptx):
+        b = int(n, 0)
+        total += b
+        vec += b if b >= 8 else 0
     return vec / total if total else 1.0
 
 
