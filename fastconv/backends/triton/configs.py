@@ -105,6 +105,16 @@ _GEMM_CANDIDATES = [
 ]
 
 
+# The backward GEMMs read their A operand through the unpool prologue: two or three streams
+# (dy, the uint8 index, y under relu) that go through registers before the tensor cores. At
+# three stages their buffers take ~100-130 KB of shared memory, one program per SM (4 warps);
+# two-stage candidates let two programs share an SM to hide that latency.
+_BWD_CANDIDATES = _GEMM_CANDIDATES + [
+    (128, 64, 64, 4, 2),
+    (64, 128, 64, 4, 2),
+]
+
+
 @functools.lru_cache(maxsize=None)
 def conv_fwd_configs(M: int, Kg: int, red_k: int, kk: int, esize: int, one_by_one: bool,
                      flat: bool = False) -> tuple[dict, ...]:
@@ -128,7 +138,7 @@ def conv_dgrad_configs(M: int, Cg: int, Kg: int, esize: int, one_by_one: bool, a
     a_size = dc_bytes(...) of the A operand."""
     if INTERPRET:
         return (_cfg(128, _p2(Cg, hi=64), _p2(Kg, hi=64), 4, 1),)
-    return _gemm_prune(_GEMM_CANDIDATES, M, Cg, Kg, esize, one_by_one, a_size=a_size)
+    return _gemm_prune(_BWD_CANDIDATES, M, Cg, Kg, esize, one_by_one, a_size=a_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,8 +153,8 @@ def conv_wgrad_configs(Kg: int, RSC: int, NPQ: int, esize: int, one_by_one: bool
         return (_cfg(_p2(Kg, hi=64), _p2(RSC, hi=128), 128, 4, 1),)
     tap_cols = Cg & -Cg  # the largest power of two dividing Cg
     if tap_cols >= 16:
-        return _gemm_prune(_GEMM_CANDIDATES, Kg, min(RSC, tap_cols), NPQ, esize, one_by_one, a_size=a_size)
-    return _gemm_prune(_GEMM_CANDIDATES, Kg, RSC, NPQ, esize, one_by_one, gather="B", a_size=a_size)
+        return _gemm_prune(_BWD_CANDIDATES, Kg, min(RSC, tap_cols), NPQ, esize, one_by_one, a_size=a_size)
+    return _gemm_prune(_BWD_CANDIDATES, Kg, RSC, NPQ, esize, one_by_one, gather="B", a_size=a_size)
 
 
 @functools.lru_cache(maxsize=None)
