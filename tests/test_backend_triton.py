@@ -28,7 +28,7 @@ import fastconv  # noqa: E402
 from fastconv import backends, ops  # noqa: E402
 from fastconv.backends import reference  # noqa: E402
 from fastconv.backends.triton import _pack, _tune, configs  # noqa: E402
-from fastconv.backends.triton._common import vec_elems  # noqa: E402
+from fastconv.backends.triton._common import vec_args, vec_elems  # noqa: E402
 from oracle import (CONV_CASES, POOL_CASES, ConvCase, PoolCase, assert_close, check_conv, check_pool,  # noqa: E402
                     check_relu)
 
@@ -417,11 +417,12 @@ def test_aligned_channel_vectors_match_oracle(monkeypatch):
     seen = []
 
     def spy(t, c):
-        seen.append(vec_elems(t, c))
-        return seen[-1]
+        out = vec_args(t, c)
+        seen.append(out[0])
+        return out
 
     for mod in (conv_fwd, conv_dgrad, conv_wgrad):
-        monkeypatch.setattr(mod, "vec_elems", spy)
+        monkeypatch.setattr(mod, "vec_args", spy)
     check_conv("triton", EXTRA_CASES[0], torch.float16, DEV, layout="channels_last")
     assert seen == [8, 8, 8]
 

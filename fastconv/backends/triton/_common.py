@@ -120,6 +120,21 @@ def vec_elems(t: torch.Tensor, channels: int) -> int:
     return vec
 
 
+def vec_args(t: torch.Tensor, channels: int) -> tuple[int, int, tuple[int, int, int, int]]:
+    """(VEC, channels / VEC, t's strides (n, c, h, w) with n, h, w divided by VEC): what a
+    kernel taking ``unvec`` arguments is launched with."""
+    vec = vec_elems(t, channels)
+    sn, sc, sh, sw = strides4(t)
+    return vec, channels // vec, (sn // vec, sc, sh // vec, sw // vec)
+
+
+@triton.jit
+def unvec(c_v, sn_v, sh_v, sw_v, VEC: tl.constexpr):
+    """The channel count and the n, h, w strides multiplied back by the constexpr VEC
+    (``vec_elems``), so that the compiler knows they are multiples of it."""
+    return c_v * VEC, sn_v * VEC, sh_v * VEC, sw_v * VEC
+
+
 def window_rows(pool: int) -> int:
     """KK: rows per pooling window in a fused tile (k*k rounded up to a power of two)."""
     return 1 if pool == 1 else next_pow2(pool * pool)

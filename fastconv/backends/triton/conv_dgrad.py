@@ -40,7 +40,7 @@ from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, load_dc, mma, next_pow2, nhwc_on_gpu, strides4,
-                      upcast_dot, vec_elems)
+                      upcast_dot, unvec, vec_args)
 from ._pack import packed_weight
 from .configs import conv_dgrad_configs, dc_bytes
 
@@ -76,11 +76,7 @@ def _conv_dgrad_kernel(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # multiplied back by the constexpr VEC, so the compiler knows their alignment
-    Cg = Cg_v * VEC
-    sxn = sxn_v * VEC
-    sxh = sxh_v * VEC
-    sxw = sxw_v * VEC
+    Cg, sxn, sxh, sxw = unvec(Cg_v, sxn_v, sxh_v, sxw_v, VEC)
     pid = tl.program_id(0)
     phase = tl.program_id(1)
     g = tl.program_id(2)
@@ -147,8 +143,7 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
              for t in (y, idx)]
     wp = packed_weight(w)
-    vec = vec_elems(dx, Cg)
-    sxn, sxc, sxh, sxw = strides4(dx)
+    vec, cg_v, x_strides = vec_args(dx, Cg)
     sh, sw = p.stride
     HB, WB = -(-H // sh), -(-W // sw)
     NPIX = N * HB * WB
@@ -163,10 +158,10 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
         grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(Cg, cfg["BLOCK_N"]), sh * sw, G)
         _conv_dgrad_kernel[grid](
             dyk, saved[0], saved[1], wp, dx,
-            H, W, PO, QO, HB, WB, NPIX, Cg // vec, Kg, R, S,
+            H, W, PO, QO, HB, WB, NPIX, cg_v, Kg, R, S,
             sh, sw, p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
             rstep, sstep, qstep_h, qstep_w, off_h, off_w,
-            *strides4(dyk), sxn // vec, sxc, sxh // vec, sxw // vec, VEC=vec, **args, **cfg)
+            *strides4(dyk), *x_strides, VEC=vec, **args, **cfg)
 
     with device_guard(x):
         run(_tune.choose("conv_dgrad", key, cfgs, run, x.device))

@@ -41,7 +41,7 @@ from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, mma, nhwc_on_gpu, store_pooled, strides4, upcast_dot,
-                      vec_elems, window_rows)
+                      unvec, vec_args, window_rows)
 from ._pack import packed_weight
 from .configs import conv_fwd_configs
 
@@ -66,11 +66,7 @@ def _conv_fwd_kernel(
     FLAT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # multiplied back by the constexpr VEC, so the compiler knows their alignment
-    Cg = Cg_v * VEC
-    sxn = sxn_v * VEC
-    sxh = sxh_v * VEC
-    sxw = sxw_v * VEC
+    Cg, sxn, sxh, sxw = unvec(Cg_v, sxn_v, sxh_v, sxw_v, VEC)
     pid = tl.program_id(0)
     g = tl.program_id(1)
     num_n = tl.cdiv(Kg, BLOCK_N)
@@ -146,8 +142,7 @@ def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: Conv
         return y, idx
     xk = nhwc_on_gpu(x)
     wp = packed_weight(w)
-    vec = vec_elems(xk, Cg)
-    sxn, sxc, sxh, sxw = strides4(xk)
+    vec, cg_v, x_strides = vec_args(xk, Cg)
     KK = window_rows(k)
     NWIN = N * PO * QO
     flat = Cg < FLAT_BELOW_CG
@@ -161,9 +156,9 @@ def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: Conv
         grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(Kg, cfg["BLOCK_N"]), G)
         _conv_fwd_kernel[grid](
             xk, wp, b if b is not None else wp, y, idx if k > 1 else y,
-            H, W, PO, QO, NWIN, Cg // vec, Kg, R, S,
+            H, W, PO, QO, NWIN, cg_v, Kg, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
-            sxn // vec, sxc, sxh // vec, sxw // vec, *strides4(y), VEC=vec, **args, **cfg)
+            *x_strides, *strides4(y), VEC=vec, **args, **cfg)
 
     with device_guard(x):
         run(_tune.choose("conv_fwd", key, cfgs, run, x.device))

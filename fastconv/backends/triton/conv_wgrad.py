@@ -48,7 +48,7 @@ from ..._layout import memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (INTERPRET, cdiv, device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4,
-                      upcast_dot, vec_elems)
+                      upcast_dot, unvec, vec_args)
 from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
 
 
@@ -70,11 +70,7 @@ def _conv_wgrad_kernel(
     HAS_DB: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # multiplied back by the constexpr VEC, so the compiler knows their alignment
-    Cg = Cg_v * VEC
-    sxn = sxn_v * VEC
-    sxh = sxh_v * VEC
-    sxw = sxw_v * VEC
+    Cg, sxn, sxh, sxw = unvec(Cg_v, sxn_v, sxh_v, sxw_v, VEC)
     pid = tl.program_id(0)
     split = tl.program_id(1)
     g = tl.program_id(2)
@@ -201,8 +197,7 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams, with_bias: bool = False)
     dyk = nhwc_on_gpu(dy)
     saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
              for t in (y, idx)]
-    vec = vec_elems(xk, Cg)
-    sxn, sxc, sxh, sxw = strides4(xk)
+    vec, cg_v, x_strides = vec_args(xk, Cg)
     cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1, Cg, dc_bytes(x.element_size(), p.relu, k))
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
     args = dict(POOL=k, RELU=p.relu, PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
@@ -220,9 +215,9 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams, with_bias: bool = False)
         db = make(K, dtype=acc_dtype, device=x.device) if fuse_db else dw
         _conv_wgrad_kernel[(tiles, split, G)](
             dyk, saved[0], saved[1], xk, dw, db,
-            H, W, PO, QO, PP, QQ, NPQ, chunk, Cg // vec, Kg, R, S,
+            H, W, PO, QO, PP, QQ, NPQ, chunk, cg_v, Kg, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
-            *strides4(dyk), sxn // vec, sxc, sxh // vec, sxw // vec, ATOMIC=split > 1,
+            *strides4(dyk), *x_strides, ATOMIC=split > 1,
             ONE_TAP=Cg % cfg["BLOCK_N"] == 0, HAS_DB=fuse_db, VEC=vec, **args, **cfg)
         if fuse_db:
             return dw.to(x.dtype), db.to(x.dtype)
