@@ -181,6 +181,38 @@ def load_dc(dy_ptr, y_ptr, idx_ptr, n, oh, ow, k, row_ok, k_ok, PO, QO,
 
 
 @triton.jit
+def pixel_tile(NPIX, HH, WW, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile of program_id(0): BLOCK_M pixels (n, h, w) of an [N, HH, WW] grid in
+    row-major order (NPIX = N*HH*WW of them) x BLOCK_N of C channels, column tiles fastest.
+    Returns (n, h, w, row_ok, c, c_ok)."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(C, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = rows // (HH * WW)
+    h = (rows // WW) % HH
+    w = rows % WW
+    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return n, h, w, rows < NPIX, c, c < C
+
+
+@triton.jit
+def window_tile_rows(pid_m, NWIN, PO, QO, POOL: tl.constexpr, KK: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The conv output pixel (n, oh, ow) each row of a fused forward tile computes, window by
+    window (the order ``store_pooled`` reduces), and whether the row is real: rows past the
+    last window or on a window's padding rows (e >= POOL*POOL) are not."""
+    BW: tl.constexpr = BLOCK_M // KK
+    rows = tl.arange(0, BLOCK_M)
+    win = pid_m * BW + rows // KK
+    e = rows % KK
+    n = win // (PO * QO)
+    oh = ((win // QO) % PO) * POOL + e // POOL
+    ow = (win % QO) * POOL + e % POOL
+    return n, oh, ow, (win < NWIN) & (e < POOL * POOL)
+
+
+@triton.jit
 def store_pooled(acc, pid_m, k, k_ok, b_ptr, y_ptr, idx_ptr, NWIN, PO, QO,
                  syn, syk, syh, syw, POOL: tl.constexpr, KK: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):

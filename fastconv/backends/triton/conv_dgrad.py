@@ -40,7 +40,7 @@ from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, load_dc, mma, next_pow2, nhwc_on_gpu, strides4,
-                      upcast_dot, unvec, vec_args)
+                      pixel_tile, upcast_dot, unvec, vec_args)
 from ._pack import packed_weight
 from .configs import conv_dgrad_configs, dc_bytes
 
@@ -77,27 +77,16 @@ def _conv_dgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     Cg, sxn, sxh, sxw = unvec(Cg_v, sxn_v, sxh_v, sxw_v, VEC)
-    pid = tl.program_id(0)
     phase = tl.program_id(1)
     g = tl.program_id(2)
-    num_n = tl.cdiv(Cg, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
     ph = phase // str_w
     pw = phase % str_w
 
-    # rows: input pixels (n, h, w) of this phase
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = rows // (HB * WB)
-    i = (rows // WB) % HB
-    j = rows % WB
+    # rows: input pixels (n, h, w) of this phase, (i, j) on its grid; columns: input channels of group g
+    n, i, j, m_ok, c, c_ok = pixel_tile(NPIX, HB, WB, Cg, BLOCK_M, BLOCK_N)
     h = ph + i * str_h
     w = pw + j * str_w
-    m_ok = (rows < NPIX) & (h < H) & (w < W)
-
-    # columns: input channels of group g
-    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok = c < Cg
+    m_ok = m_ok & (h < H) & (w < W)
 
     r0, dq_h, nr = _first_tap(ph, pad_h, dil_h, str_h, R, RSTEP, OFF_H, STEP_P2)
     s0, dq_w, ns = _first_tap(pw, pad_w, dil_w, str_w, S, SSTEP, OFF_W, STEP_P2)

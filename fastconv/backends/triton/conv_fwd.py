@@ -41,7 +41,7 @@ from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, mma, nhwc_on_gpu, store_pooled, strides4, upcast_dot,
-                      unvec, vec_args, window_rows)
+                      unvec, vec_args, window_rows, window_tile_rows)
 from ._pack import packed_weight
 from .configs import conv_fwd_configs
 
@@ -72,16 +72,9 @@ def _conv_fwd_kernel(
     num_n = tl.cdiv(Kg, BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
-    BW: tl.constexpr = BLOCK_M // KK
 
     # rows: conv output pixels, window by window
-    rows = tl.arange(0, BLOCK_M)
-    win = pid_m * BW + rows // KK
-    e = rows % KK
-    m_ok = (win < NWIN) & (e < POOL * POOL)
-    n = win // (PO * QO)
-    oh = ((win // QO) % PO) * POOL + e // POOL
-    ow = (win % QO) * POOL + e % POOL
+    n, oh, ow, m_ok = window_tile_rows(pid_m, NWIN, PO, QO, POOL, KK, BLOCK_M)
     ih0 = oh * str_h - pad_h
     iw0 = ow * str_w - pad_w
     x_rows = x_ptr + n.to(tl.int64) * sxn + (g * Cg) * sxc  # [BLOCK_M] pointers

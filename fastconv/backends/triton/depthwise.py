@@ -30,7 +30,8 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import cdiv, device_guard, load_dc, next_pow2, nhwc_on_gpu, store_pooled, strides4, window_rows
+from ._common import (cdiv, device_guard, load_dc, next_pow2, nhwc_on_gpu, pixel_tile, store_pooled, strides4,
+                      window_rows, window_tile_rows)
 from .configs import depthwise_configs
 from .conv_wgrad import split_count
 
@@ -55,14 +56,9 @@ def _depthwise_fwd_kernel(
     num_n = tl.cdiv(K, BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
-    BW: tl.constexpr = BLOCK_M // KK
-    rows = tl.arange(0, BLOCK_M)
-    win = pid_m * BW + rows // KK
-    e = rows % KK
-    m_ok = (win < NWIN) & (e < POOL * POOL)
-    n = win // (PO * QO)
-    ih0 = (((win // QO) % PO) * POOL + e // POOL) * str_h - pad_h
-    iw0 = ((win % QO) * POOL + e % POOL) * str_w - pad_w
+    n, oh, ow, m_ok = window_tile_rows(pid_m, NWIN, PO, QO, POOL, KK, BLOCK_M)
+    ih0 = oh * str_h - pad_h
+    iw0 = ow * str_w - pad_w
     x_rows = x_ptr + n.to(tl.int64) * sxn
 
     k = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -96,17 +92,7 @@ def _depthwise_dgrad_kernel(
     # Meta-parameters
     POOL: tl.constexpr, RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(C, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = rows < NPIX
-    n = rows // (H * W)
-    h = (rows // W) % H
-    w = rows % W
-    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok = c < C
+    n, h, w, m_ok, c, c_ok = pixel_tile(NPIX, H, W, C, BLOCK_M, BLOCK_N)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for rs in range(0, R * S):
         th = h + pad_h - (rs // S) * dil_h  # = oh * str_h when this tap hits an output

@@ -30,7 +30,7 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import PoolParams
 from . import _tune
-from ._common import cdiv, device_guard, strides4
+from ._common import cdiv, device_guard, pixel_tile, strides4
 from .configs import max_pool_configs
 
 
@@ -46,17 +46,7 @@ def _max_pool_fwd_kernel(
     # Meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(C, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = rows < NOUT
-    n = rows // (OH * OW)
-    oh = (rows // OW) % OH
-    ow = rows % OW
-    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok = c < C
+    n, oh, ow, m_ok, c, c_ok = pixel_tile(NOUT, OH, OW, C, BLOCK_M, BLOCK_N)
     hs = oh * str_h - pad_h
     ws = ow * str_w - pad_w
     # PyTorch's index seed: the first tap inside the input
@@ -95,17 +85,7 @@ def _max_pool_bwd_kernel(
     # Meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(C, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = rows < NPIX
-    n = rows // (H * W)
-    h = (rows // W) % H
-    w = rows % W
-    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok = c < C
+    n, h, w, m_ok, c, c_ok = pixel_tile(NPIX, H, W, C, BLOCK_M, BLOCK_N)
     me = (h * W + w)[:, None]
     oh_hi = (h + pad_h) // str_h
     ow_hi = (w + pad_w) // str_w
