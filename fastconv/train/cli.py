@@ -40,24 +40,23 @@ def _positive_int(s):
     return v
 
 
-def _positive_float(s):
+def _finite_float(s, allow_zero: bool):
+    what = "a number >= 0" if allow_zero else "a positive number"
     try:
         v = float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+    if not (v >= 0 if allow_zero else v > 0) or v == float("inf"):  # NaN fails both
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
     return v
+
+
+def _positive_float(s):
+    return _finite_float(s, allow_zero=False)
 
 
 def _nonnegative_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
-    return v
+    return _finite_float(s, allow_zero=True)
 
 
 def _widths(s):
