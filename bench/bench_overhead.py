@@ -32,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import fastconv  # noqa: E402
 from bench import harness, report  # noqa: E402
+from bench.timing import sync  # noqa: E402
 
 PROVIDERS = ("eager", "direct", "custom_op")
 PASSES = ("fwd", "fwdbwd")
@@ -51,22 +52,17 @@ def _calls(x, w, b):
     }
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_call(fn, device, calls: int, repeats: int) -> float:
     """Best per-call microseconds over ``repeats`` samples of ``calls`` back-to-back calls."""
     for _ in range(max(3, calls // 10)):
         fn()
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
-        _sync(device)
+        sync(device)
         best = min(best, (time.perf_counter() - t0) / calls * 1e6)
     return best
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import fastconv  # noqa: E402
 from bench import harness, profiling, providers, report  # noqa: E402
-from bench.timing import summarize  # noqa: E402
+from bench.timing import summarize, sync  # noqa: E402
 
 try:
     from fastconv.train.models import ReferenceCNN
@@ -75,11 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_model(variant: str, args, device) -> torch.nn.Module:
     widths = tuple(int(w) for w in args.widths.split(","))
     layers = "fastconv" if variant == "fastconv" else "torch"
@@ -97,7 +92,7 @@ def time_steps(step, device, warmup: int, steps: int) -> tuple[list[float], list
     host-bound (the GPU waits for the launches)."""
     for i in range(warmup):
         step(i)
-    _sync(device)
+    sync(device)
     samples, host = [], []
     for i in range(steps):
         if device.type == "cuda":
@@ -138,14 +133,14 @@ def run_variant(variant: str, args, device, data) -> dict:
         strict = args.backend != "auto"
         with fastconv.use_backend(args.backend, strict=strict), providers.record_backends() as used:
             step(0)
-            _sync(device)
+            sync(device)
         reason = providers.fallback_reason(args.backend, used)
         if reason:
             return {**out, "status": "skipped", "note": reason}
         out["backends"] = {op: sorted(names) for op, names in sorted(used.items())}
     else:
         step(0)
-        _sync(device)
+        sync(device)
     out["first_step_s"] = time.perf_counter() - t0
     scope = fastconv.use_backend(args.backend, strict=args.backend != "auto") if variant == "fastconv" \
         else providers.scope("eager")

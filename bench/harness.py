@@ -33,7 +33,7 @@ from fastconv.backends import BackendUnsupportedError
 from . import profiling
 from . import providers as prov
 from .model import PASSES, Layer, roofline_floor_s
-from .timing import Timer, device_name, measure_peaks, rotation_sets
+from .timing import Timer, device_name, measure_peaks, rotation_sets, sync
 
 # ||y - y_eager|| / ||y_eager|| allowed in the probe (bf16 rounds to 2^-8; TF32 multiplies at 2^-11)
 REL_TOL = {torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float32: 1e-4}
@@ -149,11 +149,6 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - r).norm() / r.norm().clamp_min(1e-30))
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Skip(Exception):
     def __init__(self, status: str, note: str):
         super().__init__(note)
@@ -170,7 +165,7 @@ def probe(provider: str, fn: Callable, layer: Layer, cfg: Config, sets: list, y_
                 y = fn(x, w, b)
             if any(p in cfg.passes for p in ("bwd", "fwdbwd")):
                 torch.autograd.grad(fn(x, w, b), _grad_inputs(layer, sets[0]), dy)
-            _sync(cfg.device)
+            sync(cfg.device)
     except (BackendUnsupportedError, prov.Unavailable) as e:
         raise _Skip("skipped", _first_line(e)) from None
     except NotImplementedError as e:  # the op has no kernel registered for this device

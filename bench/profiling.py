@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from .timing import sync
+
 
 def _us(evt, *names) -> float:
     for n in names:  # the field names changed across torch versions
@@ -22,21 +24,16 @@ def _us(evt, *names) -> float:
     return 0.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def top_ops(fn: Callable[[int], object], device: torch.device, calls: int = 3, top: int = 12) -> dict:
     """{"calls", "device_total_us", "top_device": [...], "top_cpu": [...]}, times per call."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
+    sync(device)
     with profile(activities=acts) as prof:
         for i in range(calls):
             fn(i)
-        _sync(device)
+        sync(device)
     rows = [{"name": e.key[:120], "calls": e.count / calls,
              "self_device_us": _us(e, "self_device_time_total", "self_cuda_time_total") / calls,
              "self_cpu_us": _us(e, "self_cpu_time_total") / calls}

@@ -57,6 +57,12 @@ def _quantile(sorted_samples: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- device facts
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -134,11 +140,7 @@ class Timer:
             i = k % n_sets
             run(i, pre(i) if pre else None)
             k += 1
-        self._sync()
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)
 
     def _iterations(self, estimate_ms: float) -> int:
         n = math.ceil(self.target_ms / max(estimate_ms, 1e-4))
