@@ -28,7 +28,7 @@ import torch
 
 from ..._params import ConvParams, PoolParams
 from . import conv_dgrad, conv_fwd, conv_wgrad, depthwise, pool, relu
-from ._common import INT32_LIMIT, INTERPRET
+from ._common import INT32_LIMIT, INTERPRET, nhwc_on_gpu
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -94,6 +94,8 @@ def conv2d_fwd(x, w, b, p: ConvParams):
 
 def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
     dw_impl = _depthwise(w, p)
+    # one channels_last copy of dy, y and idx (if they are not already) for all the kernels below
+    dy, y, idx = (nhwc_on_gpu(t) for t in (dy, y, idx))
     dx = dw = db = None
     if mask[0]:
         dx = (depthwise.depthwise_dgrad if dw_impl else conv_dgrad.conv2d_dgrad)(dy, x, w, y, idx, p)

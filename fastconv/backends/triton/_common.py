@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._layout import memory_format_of
+
 INT32_LIMIT = 2**31 - 1
 
 
@@ -85,6 +87,16 @@ def nhwc_on_gpu(t: torch.Tensor | None) -> torch.Tensor | None:
     if t is None or t.device.type != "cuda" or t.shape[1] == 1:
         return t
     return t.contiguous(memory_format=torch.channels_last)
+
+
+def grad_operands(dy: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor | None):
+    """(dy, y, idx) as the backward kernels read them: dy channels_last on a GPU, the saved
+    y and idx in dy's memory format (the kernels index all three with dy's strides), and dy
+    standing in for an absent y / idx (a pointer the kernel never reads)."""
+    dyk = nhwc_on_gpu(dy)
+    fmt = memory_format_of(dyk)
+    yk, idxk = (t.contiguous(memory_format=fmt) if t is not None else dyk for t in (y, idx))
+    return dyk, yk, idxk
 
 
 def cdiv(a: int, b: int) -> int:

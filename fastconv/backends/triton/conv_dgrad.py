@@ -39,7 +39,7 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import (cdiv, device_guard, dot_precision, load_dc, mma, next_pow2, nhwc_on_gpu, strides4,
+from ._common import (cdiv, device_guard, dot_precision, grad_operands, load_dc, mma, next_pow2, strides4,
                       pixel_tile, upcast_dot, unvec, vec_args)
 from ._pack import packed_weight
 from .configs import conv_dgrad_configs, dc_bytes
@@ -128,9 +128,7 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     Kg = K // G
     PO, QO = dy.shape[2], dy.shape[3]
     dx = empty(x.shape, x, fmt)
-    dyk = nhwc_on_gpu(dy)
-    saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
-             for t in (y, idx)]
+    dyk, yk, idxk = grad_operands(dy, y, idx)
     wp = packed_weight(w)
     vec, cg_v, x_strides = vec_args(dx, Cg)
     sh, sw = p.stride
@@ -146,7 +144,7 @@ def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     def run(cfg):
         grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(Cg, cfg["BLOCK_N"]), sh * sw, G)
         _conv_dgrad_kernel[grid](
-            dyk, saved[0], saved[1], wp, dx,
+            dyk, yk, idxk, wp, dx,
             H, W, PO, QO, HB, WB, NPIX, cg_v, Kg, R, S,
             sh, sw, p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
             rstep, sstep, qstep_h, qstep_w, off_h, off_w,

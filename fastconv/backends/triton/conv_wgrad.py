@@ -44,11 +44,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._layout import memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import (INTERPRET, cdiv, device_guard, dot_precision, load_dc, mma, nhwc_on_gpu, strides4,
-                      upcast_dot, unvec, vec_args)
+from ._common import (INTERPRET, cdiv, device_guard, dot_precision, grad_operands, load_dc, mma, nhwc_on_gpu,
+                      strides4, upcast_dot, unvec, vec_args)
 from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
 
 
@@ -194,9 +193,7 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams, with_bias: bool = False)
     PP, QQ = PO * k, QO * k
     NPQ = N * PP * QQ
     xk = nhwc_on_gpu(x)
-    dyk = nhwc_on_gpu(dy)
-    saved = [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
-             for t in (y, idx)]
+    dyk, yk, idxk = grad_operands(dy, y, idx)
     vec, cg_v, x_strides = vec_args(xk, Cg)
     cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1, Cg, dc_bytes(x.element_size(), p.relu, k))
     key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
@@ -214,7 +211,7 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams, with_bias: bool = False)
         dw = make(w_shape, dtype=acc_dtype, device=x.device)
         db = make(K, dtype=acc_dtype, device=x.device) if fuse_db else dw
         _conv_wgrad_kernel[(tiles, split, G)](
-            dyk, saved[0], saved[1], xk, dw, db,
+            dyk, yk, idxk, xk, dw, db,
             H, W, PO, QO, PP, QQ, NPQ, chunk, cg_v, Kg, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
             *strides4(dyk), *x_strides, ATOMIC=split > 1,
@@ -230,8 +227,7 @@ def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams, with_bias: bool = False)
 def conv2d_bias_grad(dy, y, p: ConvParams) -> torch.Tensor:
     """db [K] in dy's dtype."""
     N, K, PO, QO = dy.shape
-    dyk = nhwc_on_gpu(dy)
-    yk = nhwc_on_gpu(y).contiguous(memory_format=memory_format_of(dyk)) if y is not None else dyk
+    dyk, yk, _ = grad_operands(dy, y, None)
     NOUT = N * PO * QO
     db = torch.zeros(K, dtype=torch.float32, device=dy.device)
     cfg = _tune.choose("bias_grad", (K,), bias_grad_configs(K), lambda c: None, dy.device)

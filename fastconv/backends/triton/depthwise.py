@@ -30,8 +30,8 @@ import triton.language as tl
 from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
-from ._common import (cdiv, device_guard, load_dc, next_pow2, nhwc_on_gpu, pixel_tile, store_pooled, strides4,
-                      window_rows, window_tile_rows)
+from ._common import (cdiv, device_guard, grad_operands, load_dc, next_pow2, nhwc_on_gpu, pixel_tile, store_pooled,
+                      strides4, window_rows, window_tile_rows)
 from .configs import depthwise_configs
 from .conv_wgrad import split_count
 
@@ -198,18 +198,12 @@ def depthwise_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: C
     return y, idx
 
 
-def _saved(dy, y, idx):
-    dyk = nhwc_on_gpu(dy)
-    return dyk, [nhwc_on_gpu(t).contiguous(memory_format=memory_format_of(dyk)) if t is not None else dyk
-                 for t in (y, idx)]
-
-
 def depthwise_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     fmt = memory_format_of(x)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     dx = empty(x.shape, x, fmt)
-    dyk, saved = _saved(dy, y, idx)
+    dyk, yk, idxk = grad_operands(dy, y, idx)
     wf = _flat_weight(w)
     NPIX = N * H * W
     args = dict(POOL=p.pool, RELU=p.relu)
@@ -217,7 +211,7 @@ def depthwise_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     def run(cfg):
         grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
         _depthwise_dgrad_kernel[grid](
-            dyk, saved[0], saved[1], wf, dx,
+            dyk, yk, idxk, wf, dx,
             H, W, dy.shape[2], dy.shape[3], NPIX, C, K // C, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
             *strides4(dyk), *strides4(dx), **args, **cfg)
@@ -236,7 +230,7 @@ def depthwise_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
     PP, QQ = PO * k, QO * k
     NPQ = N * PP * QQ
     xk = nhwc_on_gpu(x)
-    dyk, saved = _saved(dy, y, idx)
+    dyk, yk, idxk = grad_operands(dy, y, idx)
     dw_acc = torch.empty((K, R * S), dtype=torch.float32, device=x.device)
     args = dict(POOL=k, RELU=p.relu, RS_P2=next_pow2(R * S))
 
@@ -246,7 +240,7 @@ def depthwise_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
         chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
         dw_acc.zero_()
         _depthwise_wgrad_kernel[(tiles, cdiv(NPQ, chunk))](
-            dyk, saved[0], saved[1], xk, dw_acc,
+            dyk, yk, idxk, xk, dw_acc,
             H, W, PO, QO, PP, QQ, NPQ, chunk, K, K // C, R, S,
             p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
             *strides4(dyk), *strides4(xk), **args, **cfg)
