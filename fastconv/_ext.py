@@ -96,7 +96,10 @@ def _source_hash(files: list[Path], with_cuda: bool) -> str:
     h.update(repr((with_cuda, _build.arch_list() if with_cuda else "", _build.extra_cflags(),
                    _build.extra_cuda_cflags())).encode())
     root = _build.source_root()
-    for f in sorted(set(files) | set(root.glob("*.h")) | set(root.glob("*/*.h")) | set(root.glob("*/*.cuh"))):
+    headers = set(root.glob("*.h")) | set(root.glob("cpu/*.h"))
+    if with_cuda:
+        headers |= set(root.glob("cuda/*.h")) | set(root.glob("cuda/*.cuh"))
+    for f in sorted(set(files) | headers):
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_POOL = 16  # the fused window index is a uint8 (k*k <= 256)
+INT32_MAX = 2**31 - 1  # kernels with 32-bit offsets or size fields decline calls past it
 
 
 @dataclass(frozen=True)
