@@ -7,8 +7,8 @@ that the time is the host's (Python, checks, dispatch, launches), not the kernel
 Providers, each timed on the same tensors:
 
 * ``eager``      F.conv2d -> F.relu -> F.max_pool2d (the standalone ops: F.relu, F.max_pool2d)
-* ``direct``     fastconv's public op in eager mode (the direct path of fastconv/_eager.py)
-* ``custom_op``  the same call with FASTCONV_EAGER_DIRECT=0: through the torch.library custom op
+* ``fastconv``   fastconv's public op in eager mode (the eager path of fastconv/_eager.py)
+* ``custom_op``  the same call with FASTCONV_EAGER_PATH=0: through the torch.library custom op
 
 Passes: ``fwd`` (no autograd) and ``fwdbwd`` (forward with autograd, then backward of
 the sum). A timed sample runs ``--calls`` calls back to back, then synchronizes the
@@ -34,7 +34,7 @@ import fastconv  # noqa: E402
 from bench import harness, report  # noqa: E402
 from bench.timing import sync  # noqa: E402
 
-PROVIDERS = ("eager", "direct", "custom_op")
+PROVIDERS = ("eager", "fastconv", "custom_op")
 PASSES = ("fwd", "fwdbwd")
 
 
@@ -80,14 +80,14 @@ def run(args) -> dict:
     grads = [t.detach().clone().requires_grad_() for t in (x, w, b)]
 
     rows = []
-    saved_env = os.environ.get("FASTCONV_EAGER_DIRECT")
+    saved_env = os.environ.get("FASTCONV_EAGER_PATH")
     try:
         with fastconv.use_backend(args.backend, strict=True):
             for name, (eager, fc) in _calls(x, w, b).items():
                 for pass_ in PASSES:
                     times = {}
                     for provider in PROVIDERS:
-                        os.environ["FASTCONV_EAGER_DIRECT"] = "0" if provider == "custom_op" else "1"
+                        os.environ["FASTCONV_EAGER_PATH"] = "0" if provider == "custom_op" else "1"
                         f = eager if provider == "eager" else fc
                         if pass_ == "fwd":
                             def step(f=f):
@@ -102,9 +102,9 @@ def run(args) -> dict:
                                      "overhead_us": round(us - times["eager"], 2)})
     finally:
         if saved_env is None:
-            os.environ.pop("FASTCONV_EAGER_DIRECT", None)
+            os.environ.pop("FASTCONV_EAGER_PATH", None)
         else:
-            os.environ["FASTCONV_EAGER_DIRECT"] = saved_env
+            os.environ["FASTCONV_EAGER_PATH"] = saved_env
     return {**harness.environment(device), "config": {
         "backend": args.backend, "dtype": args.dtype, "layout": args.layout, "batch": args.batch,
         "channels": args.channels, "size": args.size, "calls": args.calls, "repeats": args.repeats,

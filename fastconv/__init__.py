@@ -10,7 +10,7 @@ from . import nn
 from .backends import BackendUnsupportedError, current as current_backend, set_backend, use_backend
 from .convert import convert
 from .info import info
-from .ops import conv2d, max_pool2d, relu
+from .functional import conv2d, max_pool2d, relu
 
 __version__ = "0.1.0"
 

@@ -1,26 +1,22 @@
-"""The direct eager path: the public ops without the custom-op dispatcher.
+"""The eager path: the fastconv ops as autograd Functions, without the custom-op dispatcher.
 
-Calling a ``torch.library.custom_op`` costs tens of microseconds of Python on
-the host before any kernel runs (the dispatcher, the generated autograd
-function, the redispatch to the device implementation), about twice that with
-autograd: more than a whole small layer takes on a GPU
-(``bench/bench_overhead.py`` measures it). Plain eager execution needs none of
-that machinery, so the public functions (``fastconv.conv2d``, ``relu``,
-``max_pool2d``) run the custom ops' own bodies (``ops.*_impl``) through a
-``torch.autograd.Function`` instead. Same backends, same saved tensors
-(x, w, the pooled y and the uint8 index), same gradients.
+Calling a ``torch.library.custom_op`` costs tens of microseconds of Python on the host before
+any kernel runs (the dispatcher, the generated autograd function, the redispatch to the device
+implementation), about twice that with autograd: more than a whole small layer takes on a GPU
+(``bench/bench_overhead.py`` measures it). Plain eager execution needs none of that machinery,
+so the public functions (``functional.py``) run the op bodies of ``_impl`` through the
+``torch.autograd.Function``s here instead: same backends, same saved tensors, same gradients
+(docs/design.md §4).
 
-Whenever anything could trace, transform or intercept the call, it goes
-through the custom op, which those systems understand: ``torch.compile`` and
-``torch.export`` (dynamo), TorchDispatchModes (FakeTensorMode, ``make_fx``,
-functionalization), TorchFunctionModes, ``torch.func`` transforms, jit
-tracing, tensor subclasses, devices other than cpu and cuda. The environment
-variable ``FASTCONV_EAGER_DIRECT=0`` (read per call) sends every call through
-the custom op.
+``usable`` says when a call may take this path. Whenever anything could trace, transform or
+intercept the call, it goes through the custom op (``ops.py``), which those systems
+understand: ``torch.compile`` and ``torch.export`` (dynamo), TorchDispatchModes (FakeTensorMode,
+``make_fx``, functionalization), TorchFunctionModes, ``torch.func`` transforms, jit tracing,
+tensor subclasses, devices other than cpu and cuda. ``FASTCONV_EAGER_PATH=0`` (read per call)
+sends every call through the custom op.
 
-A backward with ``create_graph=True`` calls the backward custom op, so a
-double backward fails the same clear way on both paths (the backward ops have
-no autograd formula).
+A backward with ``create_graph=True`` calls the backward custom op, so a double backward fails
+the same clear way on both paths (the backward ops have no autograd formula).
 """
 from __future__ import annotations
 
@@ -29,10 +25,10 @@ import os
 import torch
 from torch import Tensor
 
-from . import ops
+from . import _impl, ops
 from ._params import ConvParams, PoolParams
 
-ENV = "FASTCONV_EAGER_DIRECT"
+ENV = "FASTCONV_EAGER_PATH"
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _DEVICES = ("cpu", "cuda")
 
@@ -64,58 +60,42 @@ def usable(*tensors) -> bool:
     return True
 
 
+def _pick(body, op):
+    """The backward body, or its custom op when the backward itself is being differentiated."""
+    return op if torch.is_grad_enabled() else body
+
+
 class FastconvConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, p: ConvParams):
-        y, idx = ops.conv2d_fwd_impl(x, w, b, p)
-        ctx.p = p
-        ctx.has_bias = b is not None
-        ctx.save_for_backward(x, w, y if p.relu else None, idx if p.pool > 1 else None)
-        ctx.mark_non_differentiable(idx)
+        y, idx = _impl.conv2d_fwd(x, w, b, p)
+        _impl.conv2d_save(ctx, x, w, b, p, y, idx)
         return y, idx
 
     @staticmethod
     def backward(ctx, dy, _didx):
-        x, w, y, idx = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = (bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2]))
-        p = ctx.p
-        if torch.is_grad_enabled():  # create_graph: the op autograd knows
-            dx, dw, db = ops.conv2d_bwd(dy, x, w, y, idx, p.stride, p.padding, p.dilation, p.groups, p.relu,
-                                        p.pool, list(mask))
-        else:
-            dx, dw, db = ops.conv2d_bwd_impl(dy, x, w, y, idx, p, mask)
-        return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None)
+        return _impl.conv2d_backward(ctx, dy, _pick(_impl.conv2d_bwd, ops.conv2d_bwd_p)) + (None,)
 
 
 class FastconvReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor):
-        y = ops.relu_fwd_impl(x)
-        ctx.save_for_backward(y)
+        y = _impl.relu_fwd(x)
+        _impl.relu_save(ctx, y)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        (y,) = ctx.saved_tensors
-        return (ops.relu_bwd if torch.is_grad_enabled() else ops.relu_bwd_impl)(dy, y)
+        return _impl.relu_backward(ctx, dy, _pick(_impl.relu_bwd, ops.relu_bwd))
 
 
 class FastconvMaxPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: PoolParams):
-        y, idx = ops.max_pool2d_fwd_impl(x, p)
-        ctx.p = p
-        ctx.input_hw = (x.shape[2], x.shape[3])
-        ctx.save_for_backward(idx)
-        ctx.mark_non_differentiable(idx)
+        y, idx = _impl.max_pool2d_fwd(x, p)
+        _impl.max_pool2d_save(ctx, x, p, idx)
         return y, idx
 
     @staticmethod
     def backward(ctx, dy, _didx):
-        (idx,) = ctx.saved_tensors
-        p = ctx.p
-        if torch.is_grad_enabled():
-            return ops.max_pool2d_bwd(dy, idx, ctx.input_hw, p.kernel, p.stride, p.padding, p.dilation,
-                                      p.ceil_mode), None
-        return ops.max_pool2d_bwd_impl(dy, idx, ctx.input_hw, p), None
+        return _impl.max_pool2d_backward(ctx, dy, _pick(_impl.max_pool2d_bwd, ops.max_pool2d_bwd_p)), None

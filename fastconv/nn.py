@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import _args
-from .ops import conv2d, max_pool2d, relu
+from .functional import conv2d, max_pool2d, relu
 
 __all__ = ["Conv2d", "Conv2dReLU", "Conv2dReLUMaxPool2d", "ReLU", "MaxPool2d"]
 

@@ -388,7 +388,7 @@ def test_overhead_benchmark_writes_every_row(tmp_path, one_thread):
             assert r["overhead_us"] == 0
     md = (tmp_path / "overhead.md").read_text()
     assert md.count("| conv2d+relu+pool2 |") == 2 and "custom_op" in md
-    assert os.environ.get("FASTCONV_EAGER_DIRECT") is None  # the run restores the environment
+    assert os.environ.get("FASTCONV_EAGER_PATH") is None  # the run restores the environment
 
 
 def test_overhead_benchmark_rejects_bad_arguments(tmp_path):

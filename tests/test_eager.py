@@ -1,4 +1,4 @@
-"""The direct eager path (fastconv/_eager.py) against the custom-op path."""
+"""The eager path (fastconv/_eager.py) against the custom-op path."""
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -29,7 +29,7 @@ def _inputs(seed=0):
 
 
 def _run(call, path, monkeypatch):
-    monkeypatch.setenv(_eager.ENV, "1" if path == "direct" else "0")
+    monkeypatch.setenv(_eager.ENV, "1" if path == "eager" else "0")
     x, w, b = _inputs()
     y = CALLS[call](x, w, b)
     name = y.grad_fn.name()
@@ -41,12 +41,12 @@ def _run(call, path, monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("call", list(CALLS))
-def test_direct_path_equals_custom_op_path(call, backend, monkeypatch):
+def test_eager_path_equals_custom_op_path(call, backend, monkeypatch):
     with fastconv.use_backend(backend, strict=True):
-        name_d, y_d, g_d = _run(call, "direct", monkeypatch)
+        name_d, y_d, g_d = _run(call, "eager", monkeypatch)
         name_c, y_c, g_c = _run(call, "custom_op", monkeypatch)
-    assert name_d == GRAD_FN[call], "the public op did not take the direct eager path"
-    assert name_c.startswith("GeneratedBackwardFor_fastconv_"), "FASTCONV_EAGER_DIRECT=0 did not force the op"
+    assert name_d == GRAD_FN[call], "the public op did not take the eager path"
+    assert name_c.startswith("GeneratedBackwardFor_fastconv_"), "FASTCONV_EAGER_PATH=0 did not force the op"
     assert torch.equal(y_d, y_c) and y_d.stride() == y_c.stride()
     for a, c in zip(g_d, g_c):
         assert torch.equal(a, c)
@@ -54,15 +54,15 @@ def test_direct_path_equals_custom_op_path(call, backend, monkeypatch):
 
 def test_saved_tensors_match_the_custom_op(monkeypatch):
     saved = {}
-    for path in ("direct", "custom_op"):
-        monkeypatch.setenv(_eager.ENV, "1" if path == "direct" else "0")
+    for path in ("eager", "custom_op"):
+        monkeypatch.setenv(_eager.ENV, "1" if path == "eager" else "0")
         x, w, b = _inputs()
         got = saved[path] = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: got.append((tuple(t.shape), t.dtype)) or t,
                                                       lambda t: t):
             CALLS["conv-relu-pool"](x, w, b)
-    assert sorted(saved["direct"], key=str) == sorted(saved["custom_op"], key=str)
-    assert len(saved["direct"]) == 4  # x, w, pooled y, uint8 index
+    assert sorted(saved["eager"], key=str) == sorted(saved["custom_op"], key=str)
+    assert len(saved["eager"]) == 4  # x, w, pooled y, uint8 index
 
 
 def test_fake_tensors_and_tracing_use_the_custom_op():
