@@ -2,21 +2,15 @@
 // CPU kernels register in csrc/cpu/*.cpp, CUDA kernels in csrc/cuda/*.cu
 // (TORCH_LIBRARY_IMPL(fastconv_C, CPU|CUDA, m)).
 //
-// Conventions shared by all kernels:
+// The ops' math is docs/design.md §2 (conv2d_fwd §2.1, conv2d_bwd §2.2, relu and
+// max_pool2d §2.3). Conventions of the schemas:
 //   * x [N, C, H, W] NCHW-contiguous or channels_last; outputs keep x's format.
-//   * padding of conv2d is (top, left, bottom, right).
-//   * conv2d_fwd computes y = pool_k(act(conv2d(x, w) + b)) with non-overlapping
-//     k x k max-pool (k = pool, 1 = none, floor mode) and returns
-//     (y, idx): idx uint8 [N, K, PO, QO], the row-major position di*k + dj of the
-//     max inside its window (ties -> first). idx is an empty uint8 tensor when
-//     pool == 1. The max is taken on the fp32 accumulator before bias and relu
-//     (pool(relu(c + b)) == relu(pool(c) + b)).
-//   * conv2d_bwd rebuilds dC from (dy, y, idx):
-//       dC[n,k,pool*i+di,pool*j+dj] = dy[n,k,i,j] * (idx == di*pool+dj) * (!relu || y > 0)
-//     and returns (dx, dw, db); entries whose output_mask is false are undefined.
-//     y / idx may be empty when relu / pool is off.
-//   * max_pool2d_fwd returns (y, idx): idx int32 = h * W + w inside the input
-//     plane (ties -> first in row-major order, NaN wins).
+//   * padding of conv2d is (top, left, bottom, right); pool = 1 means no pooling.
+//   * conv2d_fwd returns (y, idx), idx uint8 [N, K, PO, QO], or an empty uint8
+//     tensor when pool == 1.
+//   * conv2d_bwd returns (dx, dw, db); entries whose output_mask is false are
+//     undefined. y / idx may be empty when relu / pool is off.
+//   * max_pool2d_fwd returns (y, idx), idx the int32 plane index h * W + w.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -4,7 +4,7 @@
 public API on a chosen backend in strict mode (a silent fallback fails the
 test), run the same call through ``reference`` in float64 on the CPU, and
 compare the output and *every* gradient with tolerances that scale with the
-dtype and the reduction length (DESIGN section 7).
+dtype and the reduction length (docs/design.md §8).
 """
 from __future__ import annotations
 
@@ -144,6 +144,34 @@ class PoolCase:
 
     def __str__(self):
         return f"{self.N}x{self.C}x{self.H}x{self.W}-" + ",".join(f"{k}={v}" for k, v in self.kw.items())
+
+
+def unfused(x, w, b, activation=None, pool=None, **kw):
+    """torch's conv2d -> relu -> max_pool2d: what the fused op must equal, NaN and inf included."""
+    y = torch.nn.functional.conv2d(x, w, b, **kw)
+    if activation == "relu":
+        y = torch.relu(y)
+    return torch.nn.functional.max_pool2d(y, pool) if pool else y
+
+
+def check_conv_like_torch(backend: str, x, w, b, device="cpu", **kw):
+    """Values and every gradient of one float64 call equal torch's unfused ops elementwise: NaN
+    where torch has NaN, the same infinities, the rest within rounding. For inputs holding NaN or
+    inf, whose propagation (the relu mask, the window index) must follow torch exactly."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    ref_leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    dev = [t.to(device).detach().requires_grad_() if t is not None else None for t in leaves]
+    with fastconv.use_backend(backend, strict=True):
+        y = fastconv.conv2d(*dev, **kw)
+    ref = unfused(*ref_leaves, **kw)
+    torch.testing.assert_close(y.cpu(), ref, equal_nan=True, msg=lambda m: f"y: {m}")
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=ref.dtype)
+    with fastconv.use_backend(backend, strict=True):
+        y.backward(dy.to(device).contiguous(memory_format=memory_format_of(y)))
+    ref.backward(dy)
+    for name, a, e in zip(("dx", "dw", "db"), dev, ref_leaves):
+        if e is not None:
+            torch.testing.assert_close(a.grad.cpu(), e.grad, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def check_pool(backend: str, case: PoolCase, dtype=torch.float32, device="cpu", layout="contiguous",

@@ -5,7 +5,7 @@
 // SIMD without build flags: the extension is compiled with plain -O3 (it must
 // run on any x86-64), so a hot loop is written once on GCC/Clang vector types
 // in a header that is included once per instruction set, every function in it
-// carrying that ISA's __attribute__((target(...))) (conv_direct_kernel.h).
+// carrying that ISA's __attribute__((target(...))) (conv2d_smallc_kernel.h).
 // The ISA decides whether one Vec<float> is one zmm, two ymm or four xmm
 // registers; cpu_isa() picks the copy the running CPU supports at call time.
 #pragma once

@@ -1,5 +1,5 @@
 // Unaligned vector load/store/splat for the per-ISA kernel headers
-// (conv_direct_kernel.h, conv_epilogue_kernel.h), which include it inside their
+// (conv2d_smallc_kernel.h, conv2d_aten_kernel.h), which include it inside their
 // FASTCONV_ISA_NS namespace so each ISA copy gets its own. Like them it carries
 // FASTCONV_ISA_TARGET on every function and has no include guard.
 

@@ -12,7 +12,7 @@ bfloat16 compute in float32):
   for the GEMM core with one fused pass around it each way.
 * ``max_pool2d`` (general) and ``relu``: direct kernels.
 
-Environment knobs (read on every call): ``FASTCONV_CPU_CONV=auto|direct|aten``
+Environment knobs (read on every call): ``FASTCONV_CPU_CONV=auto|smallc|aten``
 forces a conv core; ``FASTCONV_CPU_ISA=base|avx2|avx512`` lowers the
 instruction set of the vector kernels (never above what the CPU has).
 """

@@ -61,8 +61,8 @@ def conv2d_fwd(x, w, b, p: ConvParams):
 
 def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
     fmt = memory_format_of(x)
-    if p.relu:
-        dy = dy * (y > 0)
+    if p.relu:  # the relu mask of docs/design.md §2.2: NaN passes, like torch.relu's backward
+        dy = torch.ops.aten.threshold_backward(dy, y, 0)
     P, Q = p.conv_hw(x.shape[2], x.shape[3], w.shape[2], w.shape[3])
     dc = unpool(dy, idx, p.pool, P, Q) if p.pool > 1 else dy
     xp, pad = _padded(x, p)

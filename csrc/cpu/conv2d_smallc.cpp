@@ -1,4 +1,5 @@
-// Direct fused convolution for short reductions (C/groups * R * S small).
+// The small-C direct fused convolution, for short reductions (C/groups * R * S small).
+// Math: docs/design.md §2.1 (forward) and §2.2 (backward); below, this kernel's own layout.
 //
 // Forward, one task per output row (n, po), all channel blocks:
 //
@@ -33,7 +34,7 @@
 // double; all offsets are int64.
 #include <vector>
 
-#include "conv_cpu.h"
+#include "conv2d.h"
 #include "cpu_kernel.h"
 
 namespace fastconv {
@@ -42,7 +43,7 @@ namespace {
 
 constexpr int64_t kDwTaps = 4;  // taps per register tile of the dw reduction
 
-// Geometry of one direct call: packing sizes and the split into channel blocks.
+// Geometry of one small-C call: packing sizes and the split into channel blocks.
 struct Plan {
   ConvGeom g;
   bool depthwise;  // lanes are channels (groups == C == K)
@@ -135,7 +136,7 @@ FASTCONV_INLINE void pixel_bases(const Plan& pl, int64_t n, int64_t po, int64_t 
 // ---------------------------------------------------------------- ISA variants
 
 // The row kernels, compiled once per instruction set (see cpu_kernel.h).
-#define FASTCONV_ISA_KERNELS "conv_direct_kernel.h"
+#define FASTCONV_ISA_KERNELS "conv2d_smallc_kernel.h"
 #include "isa_each.h"
 
 template <typename T>
@@ -233,7 +234,7 @@ std::vector<T> transpose_weight(const std::vector<T>& wp, const Plan& pl) {
 // ---------------------------------------------------------------- drivers
 
 template <typename scalar_t>
-void fwd_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, const ConvGeom& g,
+void fwd_impl(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, const ConvGeom& g,
               at::Tensor& y, at::Tensor& idx) {
   using T = acc_t<scalar_t>;
   const Plan pl = make_plan(g, kLanes<T>);
@@ -355,16 +356,16 @@ void bwd_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, co
 
 }  // namespace
 
-void direct_conv_fwd(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                     const ConvGeom& g, at::Tensor& y, at::Tensor& idx) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_direct_conv_fwd",
+void conv2d_smallc_fwd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                       const ConvGeom& g, at::Tensor& y, at::Tensor& idx) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_smallc_fwd",
                                   [&] { fwd_impl<scalar_t>(x, w, b, g, y, idx); });
 }
 
-void direct_conv_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
-                     const at::Tensor& idx, const ConvGeom& g, bool need_dx, bool need_dw, bool need_db,
-                     at::Tensor& dx, at::Tensor& dw, at::Tensor& db) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_direct_conv_bwd", [&] {
+void conv2d_smallc_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                       const at::Tensor& idx, const ConvGeom& g, bool need_dx, bool need_dw, bool need_db,
+                       at::Tensor& dx, at::Tensor& dw, at::Tensor& db) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_smallc_bwd", [&] {
     bwd_impl<scalar_t>(dy, x, w, y, idx, g, need_dx, need_dw, need_db, dx, dw, db);
   });
 }

@@ -10,21 +10,12 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv import ops
-from oracle import CONV_CASES, check_conv
+from oracle import CONV_CASES, check_conv, check_conv_like_torch, unfused
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_reference_matches_oracle(case):
     check_conv("reference", case, torch.float32)
-
-
-def _unfused(x, w, b, stride=1, padding=0, dilation=1, groups=1, activation=None, pool=None):
-    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-    if activation == "relu":
-        y = F.relu(y)
-    if pool:
-        y = F.max_pool2d(y, pool)
-    return y
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:8], ids=str)
@@ -35,7 +26,7 @@ def test_reference_equals_unfused_torch(case):
     b = torch.randn(case.K, dtype=torch.float64)
     with fastconv.use_backend("reference"):
         y = fastconv.conv2d(x, w, b, **case.kw)
-    torch.testing.assert_close(y, _unfused(x, w, b, **case.kw))
+    torch.testing.assert_close(y, unfused(x, w, b, **case.kw))
 
 
 @pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[5], CONV_CASES[7], CONV_CASES[10]], ids=str)
@@ -105,10 +96,11 @@ def test_unbatched_input():
     x = torch.randn(3, 8, 8, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     y = fastconv.conv2d(x, w, padding=1, activation="relu", pool=2)
-    torch.testing.assert_close(y, _unfused(x[None], w, None, padding=1, activation="relu", pool=2)[0])
+    torch.testing.assert_close(y, unfused(x[None], w, None, padding=1, activation="relu", pool=2)[0])
 
 
 def test_nan_and_inf_propagate_like_torch():
+    """Every element of y, dx, dw and db, NaN positions included (docs/design.md §2.2's relu mask)."""
     x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
     x[0, 0, 1, 1] = float("nan")
     x[0, 1, 6, 6] = float("inf")
@@ -116,13 +108,7 @@ def test_nan_and_inf_propagate_like_torch():
     b = torch.randn(3, dtype=torch.float64)
     for backend in ["reference"] + (["cpu"] if fastconv.backends.unsupported_reason("cpu", "relu_fwd", x) is None
                                     else []):
-        with fastconv.use_backend(backend, strict=True):
-            y = fastconv.conv2d(x, w, b, padding=1, activation="relu", pool=2)
-        ref = _unfused(x, w, b, padding=1, activation="relu", pool=2)
-        assert torch.equal(y.isnan(), ref.isnan()), backend
-        assert torch.equal(y.isinf(), ref.isinf()), backend
-        fin = ~ref.isnan() & ~ref.isinf()
-        torch.testing.assert_close(y[fin], ref[fin])
+        check_conv_like_torch(backend, x, w, b, padding=1, activation="relu", pool=2)
 
 
 def test_pool_ties_route_gradients_like_torch():
@@ -132,7 +118,7 @@ def test_pool_ties_route_gradients_like_torch():
     y = fastconv.conv2d(x, w, pool=2)
     y.sum().backward()
     x2 = x.detach().clone().requires_grad_()
-    _unfused(x2, w.detach(), None, pool=2).sum().backward()
+    unfused(x2, w.detach(), None, pool=2).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
     assert x.grad[0, 0, 0, 0] == 1 and x.grad[0, 0, 0, 1] == 0
 
@@ -163,7 +149,7 @@ def test_fuzz_public_op_against_unfused_torch(N, G, cpg, kpg, H, W, R, S, stride
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note on 'same' with even kernels
-            ref = _unfused(x, w, b, **kw)
+            ref = unfused(x, w, b, **kw)
     except RuntimeError:  # torch rejects the shape: fastconv must reject it too, with a ValueError
         with pytest.raises(ValueError):
             fastconv.conv2d(x, w, b, **kw)

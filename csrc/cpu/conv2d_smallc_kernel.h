@@ -1,5 +1,5 @@
-// The direct conv row kernels (math and layout: conv_direct.cpp), included by
-// conv_direct.cpp once per instruction set with FASTCONV_ISA_NS (a namespace)
+// The small-C conv row kernels (layout: conv2d_smallc.cpp), included by
+// conv2d_smallc.cpp once per instruction set with FASTCONV_ISA_NS (a namespace)
 // and FASTCONV_ISA_TARGET (a target attribute, or nothing) defined.
 //
 // Every function here carries FASTCONV_ISA_TARGET itself rather than being

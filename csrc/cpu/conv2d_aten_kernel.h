@@ -1,6 +1,6 @@
-// Row kernels around the ATen conv core (conv.cpp), on channels-last rows.
+// Row kernels around the ATen conv core (conv2d_aten.cpp), on channels-last rows.
 // Included once per instruction set through isa_each.h; every function carries
-// FASTCONV_ISA_TARGET (see conv_direct_kernel.h for why). No include guard.
+// FASTCONV_ISA_TARGET (see conv2d_smallc_kernel.h for why). No include guard.
 //
 //   pool_row:    c [p rows][Q][K] conv outputs of rows po*p .. po*p+p-1 (row stride Q*K)
 //                -> y[qo][k] = act(max_{di,dj} c[di][qo*p+dj][k] + b[k]),

@@ -1,8 +1,11 @@
-// Private interface between the fused conv entry points (conv.cpp) and the
-// direct small-reduction kernel (conv_direct.cpp).
+// The CPU conv2d's private interface: the entry points (conv2d.cpp) and its two cores,
+// the small-C direct kernel (conv2d_smallc.cpp) and the ATen-core path (conv2d_aten.cpp),
+// plus the row transfer both cores use around their row kernels.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <optional>
 
 #include "../common.h"
 #include "cpu_kernel.h"
@@ -10,24 +13,32 @@
 namespace fastconv {
 namespace cpu {
 
-// Which core computes conv(x, w): the direct fused kernel, or ATen's
-// convolution (oneDNN) with the fused epilogue / unpool prologue around it.
-enum class ConvPath { kDirect, kAten };
+// Which core computes conv(x, w): the small-C direct kernel, or ATen's convolution (oneDNN)
+// with the pooled epilogue / unpool prologue around it.
+enum class ConvPath { kSmallC, kAten };
 
-// auto: direct when the reduction per output is short (C/groups * R * S <= 32,
-// e.g. a first layer on RGB, or depthwise 3x3), where an im2col/GEMM core runs
-// far below peak. FASTCONV_CPU_CONV=direct|aten forces one (any shape is
-// correct on both; tests use this to cover both kernels on every case).
+// auto: small-C when the reduction per output is short (C/groups * R * S <= 32, e.g. a first
+// layer on RGB, or depthwise 3x3), where an im2col/GEMM core runs far below peak.
+// FASTCONV_CPU_CONV=smallc|aten forces one (any shape is correct on both; tests use this to
+// cover both kernels on every case).
 ConvPath conv_path(const ConvGeom& g);
 
-// y [N, K, PO, QO] and idx (uint8, same shape, or empty when pool == 1) are
-// allocated by the caller in x's memory format.
-void direct_conv_fwd(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                     const ConvGeom& g, at::Tensor& y, at::Tensor& idx);
+// y [N, K, PO, QO] and idx (uint8, same shape, or empty when pool == 1) are allocated by the
+// caller in x's memory format; dx (x's format), dw [K, CG, R, S] contiguous and db [K] are
+// filled where need_* is set.
+void conv2d_smallc_fwd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                       const ConvGeom& g, at::Tensor& y, at::Tensor& idx);
+void conv2d_smallc_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                       const at::Tensor& idx, const ConvGeom& g, bool need_dx, bool need_dw, bool need_db,
+                       at::Tensor& dx, at::Tensor& dw, at::Tensor& db);
 
-// dx (x's format), dw [K, CG, R, S] contiguous, db [K]: filled where need_* is set.
-void direct_conv_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
-                     const at::Tensor& idx, const ConvGeom& g, bool need_dx, bool need_dw, bool need_db,
+// The ATen core also needs the schema's stride / padding (top, left, bottom, right) / dilation.
+void conv2d_aten_fwd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const ConvGeom& g,
+                     at::Tensor& y, at::Tensor& idx);
+void conv2d_aten_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                     const at::Tensor& idx, at::IntArrayRef stride, at::IntArrayRef padding,
+                     at::IntArrayRef dilation, const ConvGeom& g, bool need_dx, bool need_dw, bool need_db,
                      at::Tensor& dx, at::Tensor& dw, at::Tensor& db);
 
 // ---------------------------------------------------------------- row transfer
@@ -60,8 +71,9 @@ inline void store_row(const View4<S>& out, int64_t n, int64_t po, int64_t k0, in
   }
 }
 
-// The pooled gradient of row (n, po), channels k0 .. k0 + kn - 1, into row buffers:
-//   g[qo * ld + l]  = dy * (!relu || y > 0)    (y.p == nullptr: no relu)
+// The unpool prologue's input (docs/design.md §2.2) for row (n, po), channels
+// k0 .. k0 + kn - 1, into row buffers:
+//   g[qo * ld + l]  = dy * (!relu || !(y <= 0))  (y.p == nullptr: no relu; NaN passes)
 //   iv[qo * ld + l] = idx                      (idx.p == nullptr: no pool)
 //   db[l]          += sum_qo g
 template <typename S, typename T>
@@ -81,7 +93,7 @@ inline void load_grad_row(const View4<const S>& dy, const View4<const S>& y, con
       T* go = g + qo * ld;
       if (relu) {
         const S* yq = yr + qo * y.sQ;
-        for (int64_t l = 0; l < kn; ++l) go[l] = keep_if(static_cast<T>(yq[l]) > T(0), static_cast<T>(gq[l]));
+        for (int64_t l = 0; l < kn; ++l) go[l] = keep_if(!(static_cast<T>(yq[l]) <= T(0)), static_cast<T>(gq[l]));
       } else {
         for (int64_t l = 0; l < kn; ++l) go[l] = static_cast<T>(gq[l]);
       }
@@ -97,7 +109,7 @@ inline void load_grad_row(const View4<const S>& dy, const View4<const S>& y, con
       if (relu) {
         const S* yl = yr + l * y.sK;
         for (int64_t qo = 0; qo < QO; ++qo) {
-          const T v = keep_if(static_cast<T>(yl[qo]) > T(0), static_cast<T>(gl[qo]));
+          const T v = keep_if(!(static_cast<T>(yl[qo]) <= T(0)), static_cast<T>(gl[qo]));
           gcol[qo * ld] = v;
           sum += v;
         }
