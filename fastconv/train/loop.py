@@ -1,5 +1,11 @@
 """The training loop of ``fastconv train``: :func:`train` runs one :class:`TrainConfig`.
 
+    TrainConfig, TrainResult   every knob of a run; what a run returns
+    lr_at                      the learning-rate schedule
+    Progress                   where the run is: every counter of the loop (checkpoints save it)
+    train                      set-up: ranks, device, backend, signals, seed, data; then _fit
+    _fit                       model and resume, then per epoch: train steps, evaluate, log, save
+
 Per epoch: each rank walks its DistributedSampler shard (seeded by seed + epoch, so the
 order is a function of the epoch alone) in batches, with Adam or SGD (momentum 0.9)
 under a per-step cosine learning-rate decay from ``lr`` to 0; then the validation set
@@ -8,10 +14,11 @@ is scored, rank 0 logs loss, accuracy and images/s and writes ``last.pt`` (and
 
 Stopping: ``max_time`` (seconds since :func:`train` began) or SIGINT / SIGTERM stop
 the run at the next step boundary, on every rank at the same step; the model is then
-scored and a checkpoint saved with the position inside the epoch. Resuming restores
-model, optimizer, grad scaler, RNG states, best accuracy, epoch, step and the epoch's
-running sums, and continues with the next batch of the same epoch: an interrupted and
-resumed run takes the same steps as an uninterrupted one.
+scored and a checkpoint saved with the position inside the epoch. Resuming
+(``checkpoint.resume``) restores model, optimizer, grad scaler, RNG states, best
+accuracy, epoch, step and the epoch's running sums, and continues with the next batch
+of the same epoch: an interrupted and resumed run takes the same steps as an
+uninterrupted one.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -39,7 +46,6 @@ from .distributed import World
 from .models import ReferenceCNN
 
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.05}
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -97,6 +103,59 @@ class TrainResult:
         return d
 
 
+def lr_at(step: int, total_steps: int, peak: float) -> float:
+    """The learning rate of optimizer step ``step`` (0-based, counted over the whole run, not
+    the epoch) of ``total_steps``: a cosine from ``peak`` at step 0 down towards 0."""
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (step / total_steps)))
+
+
+def _this_run(default):
+    """A Progress field that counts this process's run only: not saved, not resumed."""
+    return field(default=default, metadata={"saved": False})
+
+
+@dataclass
+class Progress:
+    """Where the run is: every counter of the loop, in one record. The fields up to
+    ``val_accuracy`` are saved in checkpoints and resumed; the running sums are over all
+    ranks and cover the epoch in progress up to ``step``."""
+
+    epoch: int = 0                         # epochs completed
+    step: int = 0                          # batches of epoch ``epoch`` done
+    loss_sum: float = 0.0                  # sum of loss x images over those batches
+    correct: int = 0                       # training images classified right in them
+    seen: int = 0                          # training images in them
+    best: float = -1.0                     # best validation accuracy; -1 before the first
+    val_accuracy: Optional[float] = None   # the latest validation accuracy
+    steps: int = _this_run(0)              # optimizer steps
+    images: int = _this_run(0)             # training images, over all ranks
+    seconds: float = _this_run(0.0)        # time spent in training steps
+    train_loss: Optional[float] = _this_run(None)  # mean loss of the last epoch this run completed
+    stopped: bool = _this_run(False)       # --max-time or a signal ended the run
+
+    def start_epoch(self, epoch: int) -> None:
+        """Go to the first step of ``epoch``, with empty running sums."""
+        self.epoch, self.step, self.loss_sum, self.correct, self.seen = epoch, 0, 0.0, 0, 0
+
+    def add(self, loss_sum: float, correct: float, images: float, seconds: float) -> None:
+        """Count training steps: their sums over all ranks and the time they took."""
+        self.loss_sum += loss_sum
+        self.correct += int(correct)
+        self.seen += int(images)
+        self.images += int(images)
+        self.seconds += seconds
+
+    def state_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("saved", True)}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = self.state_dict()
+        if not isinstance(state, dict) or not set(state) <= set(saved):
+            raise TypeError(f"progress must be a dict with keys among {', '.join(saved)}, got {state!r}")
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
 # --------------------------------------------------------------------------- set-up
 
 
@@ -130,12 +189,15 @@ def serving_backend(cfg: TrainConfig, device: torch.device) -> str:
     return backends.select("conv2d_fwd", x, w, None, p).NAME
 
 
+def _peak_lr(cfg: TrainConfig) -> float:
+    return cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+
+
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=_peak_lr(cfg), weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=_peak_lr(cfg), momentum=0.9, weight_decay=cfg.weight_decay)
     raise ValueError(f"optimizer must be adam or sgd, got {cfg.optimizer!r}")
 
 
@@ -201,58 +263,87 @@ def _determinism(on: bool):
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-# the settings a checkpoint must agree with to be resumed: (config field, flag)
-_MUST_MATCH = (("data", "--data"), ("optimizer", "--optimizer"), ("widths", "--widths"))
+# --------------------------------------------------------------------------- the model and its steps
 
 
-def _identity(cfg: TrainConfig, ds: datasets.ImageData) -> dict:
-    return {"data": cfg.data, "optimizer": cfg.optimizer, "widths": list(cfg.widths),
-            "channels": ds.channels, "image_size": ds.image_size, "num_classes": ds.num_classes}
+class _Run:
+    """One run's model and what acts on it: a training step, scoring, saving, the stop check.
+    ``model`` is the bare module (what checkpoints hold); ``net`` is the same parameters as
+    they train, wrapped for DDP and torch.compile when asked (:meth:`wrap`)."""
 
+    def __init__(self, cfg: TrainConfig, world: World, device: torch.device, ds: datasets.ImageData,
+                 log: Callable[[str], None], t0: float, stop: threading.Event):
+        self.cfg, self.world, self.device, self.ds, self.log = cfg, world, device, ds, log
+        self.t0, self.stop = t0, stop  # when train() began, the signal flag
+        self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = ReferenceCNN(ds.channels, ds.num_classes, ds.image_size, cfg.layers, cfg.widths)
+        self.model.to(device=device, memory_format=self.fmt)
+        self.opt = _optimizer(cfg, self.model)
+        self.peak_lr = _peak_lr(cfg)
+        self.amp = _amp_dtype(cfg)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp is torch.float16 else None
+        self.net: nn.Module = self.model
 
-def _resume_path(cfg: TrainConfig) -> Optional[Path]:
-    if cfg.resume is None:
-        return None
-    if cfg.resume != "auto":
-        return Path(cfg.resume)
-    if cfg.checkpoint_dir is None:
-        raise checkpoint.CheckpointError("--resume without a path needs --checkpoint-dir")
-    path = Path(cfg.checkpoint_dir) / checkpoint.LAST
-    return path if path.is_file() else None
+    def wrap(self) -> None:
+        if self.world.distributed:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile:
+            self.net = torch.compile(self.net)
 
+    def step(self, chunk: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step at learning rate ``lr`` on the training images ``chunk``.
+        Returns (loss, number correct) as device tensors (no host sync)."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        x = self.ds.batch(self.ds.train_x[chunk], self.device, self.fmt)
+        y = self.ds.train_y[chunk].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
+            out = self.net(x)
+            loss = F.cross_entropy(out, y)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        return loss.detach(), (out.detach().argmax(1) == y).sum()
 
-def _check_fits(ck: dict, cfg: TrainConfig, ds: datasets.ImageData, path: Path) -> None:
-    have, want = ck.get("identity", {}), _identity(cfg, ds)
-    for key, flag in _MUST_MATCH:
-        if key in have and have[key] != want[key]:
-            raise checkpoint.CheckpointError(
-                f"{path} was trained with {flag} {_fmt(have[key])}, this run has {flag} {_fmt(want[key])}")
-    for key in ("channels", "image_size", "num_classes"):
-        if key in have and have[key] != want[key]:
-            raise checkpoint.CheckpointError(f"{path} holds a model for {key}={have[key]}, the data has "
-                                             f"{key}={want[key]}")
+    def evaluate(self) -> float:
+        """Validation accuracy; each rank scores every world.size-th image."""
+        ds, device = self.ds, self.device
+        self.model.eval()
+        correct = total = 0
+        idx = torch.arange(self.world.rank, len(ds.val_y), self.world.size)
+        with torch.no_grad(), torch.autocast(device.type, self.amp, enabled=self.amp is not None):
+            for chunk in idx.split(max(self.cfg.batch_size, 256)):
+                logits = self.model(ds.batch(ds.val_x[chunk], device, self.fmt))
+                correct += int((logits.argmax(1).cpu() == ds.val_y[chunk]).sum())
+                total += len(chunk)
+        self.model.train()
+        correct, total = distributed.all_sum([correct, total], self.world, device)
+        return correct / max(total, 1)
 
+    def save(self, pr: Progress, best: bool) -> None:
+        """last.pt (and best.pt when ``best``) in the checkpoint directory; rank 0 only."""
+        if self.world.main and self.cfg.checkpoint_dir:
+            checkpoint.save_run(Path(self.cfg.checkpoint_dir), best, self.cfg, self.world, self.ds, self.model,
+                                self.opt, self.scaler, pr)
 
-def _fmt(v) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    def should_stop(self, pr: Progress) -> bool:
+        """True on every rank once a signal came or --max-time passed on any rank."""
+        cfg = self.cfg
+        late = cfg.max_time is not None and time.perf_counter() - self.t0 >= cfg.max_time
+        if not distributed.any_rank(self.stop.is_set() or late, self.world, self.device):
+            return False
+        if late:
+            self.log(f"--max-time {cfg.max_time:g} s reached at epoch {pr.epoch + 1}, step {pr.step}")
+        return True
 
 
 # --------------------------------------------------------------------------- the run
-
-
-@dataclass
-class _Progress:
-    """Where the run is, and the running sums of the epoch in progress (summed over ranks)."""
-
-    epoch: int = 0
-    step: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    best: float = -1.0
-    val_accuracy: Optional[float] = None
 
 
 def train(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainResult:
@@ -274,202 +365,98 @@ def train(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainResult:
             torch.manual_seed(cfg.seed)
             ds = datasets.load(cfg.data, cfg.data_dir, cfg.image_size, cfg.channels, cfg.samples, cfg.seed)
             with _cpu_threads(cfg, ds, device):
-                return _Run(cfg, world, device, ds, log).fit(t0, stop)
+                return _fit(_Run(cfg, world, device, ds, log, t0, stop))
     finally:
         distributed.shutdown(world)
 
 
-class _Run:
-    """One training run: the model, its optimizer and where the run is (``self.pr``)."""
+def _fit(run: _Run) -> TrainResult:
+    cfg, world, device, ds, log = run.cfg, run.world, run.device, run.ds, run.log
+    pr = Progress()
+    checkpoint.resume(cfg, world, ds, run.model, run.opt, run.scaler, pr, log)
+    run.wrap()  # once the checkpoint's weights are in
+    sampler = DistributedSampler(range(len(ds.train_y)), num_replicas=world.size, rank=world.rank, shuffle=True,
+                                 seed=cfg.seed)
+    batches_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
+    if cfg.steps_per_epoch:
+        batches_per_epoch = min(batches_per_epoch, cfg.steps_per_epoch)
+    total_steps = max(cfg.epochs * batches_per_epoch, 1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    backend = serving_backend(cfg, device)
+    log(f"fastconv train: {cfg.data} ({len(ds.train_y)} train / {len(ds.val_y)} val, {ds.channels}x"
+        f"{ds.image_size}x{ds.image_size}), {cfg.layers} layers, backend {backend}, {device}"
+        f"{f' x {world.size} ranks' if world.distributed else ''}, {cfg.optimizer} lr {run.peak_lr:g}, "
+        f"batch {cfg.batch_size}, {cfg.epochs} epochs")
 
-    def __init__(self, cfg: TrainConfig, world: World, device: torch.device, ds: datasets.ImageData, log):
-        self.cfg, self.world, self.device, self.ds, self.log = cfg, world, device, ds, log
-        self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = ReferenceCNN(ds.channels, ds.num_classes, ds.image_size, cfg.layers, cfg.widths)
-        self.model.to(device=device, memory_format=self.fmt)
-        self.opt = _optimizer(cfg, self.model)
-        self.base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
-        self.amp = _amp_dtype(cfg)
-        self.scaler = torch.amp.GradScaler(device.type) if self.amp is torch.float16 else None
-        # how an epoch is cut into steps: a checkpoint taken inside an epoch resumes at its
-        # step only when this is unchanged
-        self.ordering = {"batch_size": cfg.batch_size, "world_size": world.size,
-                         "steps_per_epoch": cfg.steps_per_epoch}
-        self.pr = _Progress()
-        self.resume()
-        self.net: nn.Module = self.model
-        if world.distributed:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.compile:
-            self.net = torch.compile(self.net)
-        self.sampler = DistributedSampler(range(len(ds.train_y)), num_replicas=world.size, rank=world.rank,
-                                          shuffle=True, seed=cfg.seed)
-        self.batches_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
-        if cfg.steps_per_epoch:
-            self.batches_per_epoch = min(self.batches_per_epoch, cfg.steps_per_epoch)
+    run.model.train()
+    while pr.epoch < cfg.epochs and not pr.stopped:
+        sampler.set_epoch(pr.epoch)
+        batches = torch.tensor(list(sampler), dtype=torch.int64).split(cfg.batch_size)[:batches_per_epoch]
+        images, seconds = _train_epoch(run, pr, batches, pr.epoch * batches_per_epoch, total_steps)
+        if pr.step < len(batches):  # stopped inside the epoch: keep the place and the sums
+            break
+        pr.val_accuracy = run.evaluate()
+        pr.train_loss = pr.loss_sum / max(pr.seen, 1)
+        improved = pr.val_accuracy > pr.best
+        pr.best = max(pr.best, pr.val_accuracy)
+        log(f"epoch {pr.epoch + 1:>3}/{cfg.epochs}  loss {pr.train_loss:.4f}  train acc "
+            f"{pr.correct / max(pr.seen, 1):.2%}  val acc {pr.val_accuracy:.2%}  "
+            f"{images / max(seconds, 1e-9):,.0f} img/s  {seconds:.1f} s")
+        pr.start_epoch(pr.epoch + 1)
+        run.save(pr, improved)
 
-    # ----------------------------------------------------------------- checkpoints
+    if pr.stopped and pr.step:  # score the model as it stands and keep the partial epoch
+        pr.val_accuracy = run.evaluate()
+        pr.best = max(pr.best, pr.val_accuracy)
+        run.save(pr, False)
+        where = f"epoch {pr.epoch + 1} step {pr.step}"
+        saved = f"checkpoint saved at {where}" if cfg.checkpoint_dir else f"at {where}; no --checkpoint-dir"
+        log(f"stopped: val acc {pr.val_accuracy:.2%}; {saved}")
+    if pr.val_accuracy is None:
+        pr.val_accuracy = run.evaluate()
+    peak, kind = _peak_memory(device)
+    return TrainResult(
+        val_accuracy=pr.val_accuracy, best_val_accuracy=max(pr.best, pr.val_accuracy),
+        seconds=time.perf_counter() - run.t0, images_per_second=pr.images / max(pr.seconds, 1e-9),
+        epochs_completed=pr.epoch, steps=pr.steps, stopped_early=pr.stopped and pr.epoch < cfg.epochs,
+        backend=backend, device=str(device), peak_memory_bytes=peak, peak_memory_kind=kind,
+        world_size=world.size, train_loss=pr.train_loss, model=run.model)
 
-    def resume(self) -> None:
-        cfg, pr = self.cfg, self.pr
-        path = _resume_path(cfg)
-        if path is None:
-            if cfg.resume == "auto":
-                self.log(f"no checkpoint in {cfg.checkpoint_dir}; starting from scratch")
-            return
-        ck = checkpoint.load(path)
-        _check_fits(ck, cfg, self.ds, path)
-        try:
-            self.model.load_state_dict(ck["model"])
-            self.opt.load_state_dict(ck["optimizer"])
-            if self.scaler is not None and ck.get("scaler"):
-                self.scaler.load_state_dict(ck["scaler"])
-            checkpoint.set_rng_state(ck["rng"])
-            pr = self.pr = _Progress(**ck["progress"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise checkpoint.CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {e})") from None
-        if pr.step and ck.get("ordering") != self.ordering:
-            self.log(f"resume: batch size, world size or steps per epoch changed; epoch {pr.epoch + 1} restarts")
-            pr.step, pr.loss_sum, pr.correct, pr.seen = 0, 0.0, 0, 0
-        if not self.world.main:  # the running sums are global and kept by rank 0
-            pr.loss_sum, pr.correct, pr.seen = 0.0, 0, 0
-        self.log(f"resumed from {path}: epoch {pr.epoch + 1}, step {pr.step}, best val acc {max(pr.best, 0):.2%}")
 
-    def save(self, best: bool) -> None:
-        if not (self.world.main and self.cfg.checkpoint_dir):
-            return
-        ck = {"format": CHECKPOINT_FORMAT, "fastconv": fastconv.__version__, "model": self.model.state_dict(),
-              "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else {},
-              "rng": checkpoint.rng_state(), "progress": asdict(self.pr), "ordering": self.ordering,
-              "identity": _identity(self.cfg, self.ds)}
-        directory = Path(self.cfg.checkpoint_dir)
-        checkpoint.save(ck, directory / checkpoint.LAST)
-        if best:
-            checkpoint.save(ck, directory / checkpoint.BEST)
-
-    # ----------------------------------------------------------------- steps
-
-    def evaluate(self) -> float:
-        """Validation accuracy; each rank scores every world.size-th image."""
-        ds, device = self.ds, self.device
-        self.model.eval()
-        correct = total = 0
-        idx = torch.arange(self.world.rank, len(ds.val_y), self.world.size)
-        with torch.no_grad(), torch.autocast(device.type, self.amp, enabled=self.amp is not None):
-            for chunk in idx.split(max(self.cfg.batch_size, 256)):
-                logits = self.model(ds.batch(ds.val_x[chunk], device, self.fmt))
-                correct += int((logits.argmax(1).cpu() == ds.val_y[chunk]).sum())
-                total += len(chunk)
-        self.model.train()
-        correct, total = distributed.all_sum([correct, total], self.world, device)
-        return correct / max(total, 1)
-
-    def step(self, chunk: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on the training images ``chunk`` at schedule position t in [0, 1).
-        Returns (loss, number correct) as device tensors (no host sync)."""
-        for g in self.opt.param_groups:
-            g["lr"] = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
-        x = self.ds.batch(self.ds.train_x[chunk], self.device, self.fmt)
-        y = self.ds.train_y[chunk].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
-            out = self.net(x)
-            loss = F.cross_entropy(out, y)
-        self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.opt.step()
-        return loss.detach(), (out.detach().argmax(1) == y).sum()
-
-    # ----------------------------------------------------------------- the run
-
-    def fit(self, t0: float, stop: threading.Event) -> TrainResult:
-        cfg, world, device, pr, log = self.cfg, self.world, self.device, self.pr, self.log
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            torch.backends.cudnn.benchmark = not cfg.deterministic
-        total_steps = max(cfg.epochs * self.batches_per_epoch, 1)
-        backend = serving_backend(cfg, device)
-        ds = self.ds
-        log(f"fastconv train: {cfg.data} ({len(ds.train_y)} train / {len(ds.val_y)} val, {ds.channels}x"
-            f"{ds.image_size}x{ds.image_size}), {cfg.layers} layers, backend {backend}, {device}"
-            f"{f' x {world.size} ranks' if world.distributed else ''}, {cfg.optimizer} lr {self.base_lr:g}, "
-            f"batch {cfg.batch_size}, {cfg.epochs} epochs")
-        steps = images = 0
-        train_seconds = 0.0
-        last_loss: Optional[float] = None
-        stopped = False
-        self.model.train()
-        while pr.epoch < cfg.epochs and not stopped:
-            self.sampler.set_epoch(pr.epoch)
-            order = torch.tensor(list(self.sampler), dtype=torch.int64)
-            batches = order.split(cfg.batch_size)[:self.batches_per_epoch]
-            bar = _bar(cfg, world, pr.epoch, len(batches), pr.step)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            t_epoch = time.perf_counter()
-            while pr.step < len(batches):
-                chunk = batches[pr.step]
-                loss, hits = self.step(chunk, (pr.epoch * self.batches_per_epoch + pr.step) / total_steps)
-                loss_sum += loss.double() * len(chunk)
-                correct += hits
-                seen += len(chunk)
-                pr.step += 1
-                steps += 1
-                if bar is not None:
-                    bar.update(1)
-                    if pr.step % 10 == 0 or pr.step == len(batches):
-                        bar.set_postfix(loss=f"{loss.item():.4f}")
-                late = cfg.max_time is not None and time.perf_counter() - t0 >= cfg.max_time
-                if distributed.any_rank(stop.is_set() or late, world, device):
-                    stopped = True
-                    if late:
-                        log(f"--max-time {cfg.max_time:g} s reached at epoch {pr.epoch + 1}, step {pr.step}")
-                    break
-            if bar is not None:
-                bar.close()
-            seconds = time.perf_counter() - t_epoch
-            g_loss, g_correct, g_seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], world, device)
-            pr.loss_sum += g_loss
-            pr.correct += int(g_correct)
-            pr.seen += int(g_seen)
-            train_seconds += seconds
-            images += int(g_seen)
-            if pr.step < len(batches):  # stopped inside the epoch: keep the place and the sums
-                if not world.main:
-                    pr.loss_sum, pr.correct, pr.seen = 0.0, 0, 0
-                break
-            pr.val_accuracy = self.evaluate()
-            last_loss = pr.loss_sum / max(pr.seen, 1)
-            improved = pr.val_accuracy > pr.best
-            pr.best = max(pr.best, pr.val_accuracy)
-            log(f"epoch {pr.epoch + 1:>3}/{cfg.epochs}  loss {last_loss:.4f}  train acc "
-                f"{pr.correct / max(pr.seen, 1):.2%}  val acc {pr.val_accuracy:.2%}  "
-                f"{g_seen / max(seconds, 1e-9):,.0f} img/s  {seconds:.1f} s")
-            pr.epoch += 1
-            pr.step, pr.loss_sum, pr.correct, pr.seen = 0, 0.0, 0, 0
-            self.save(improved)
-        if stopped and pr.step:  # score the model as it stands and keep the partial epoch
-            pr.val_accuracy = self.evaluate()
-            pr.best = max(pr.best, pr.val_accuracy)
-            self.save(False)
-            where = f"epoch {pr.epoch + 1} step {pr.step}"
-            saved = f"checkpoint saved at {where}" if cfg.checkpoint_dir else f"at {where}; no --checkpoint-dir"
-            log(f"stopped: val acc {pr.val_accuracy:.2%}; {saved}")
-        if pr.val_accuracy is None:
-            pr.val_accuracy = self.evaluate()
-        peak, kind = _peak_memory(device)
-        return TrainResult(
-            val_accuracy=pr.val_accuracy, best_val_accuracy=max(pr.best, pr.val_accuracy),
-            seconds=time.perf_counter() - t0, images_per_second=images / max(train_seconds, 1e-9),
-            epochs_completed=pr.epoch, steps=steps, stopped_early=stopped and pr.epoch < cfg.epochs,
-            backend=backend, device=str(device), peak_memory_bytes=peak, peak_memory_kind=kind,
-            world_size=world.size, train_loss=last_loss, model=self.model)
+def _train_epoch(run: _Run, pr: Progress, batches: tuple[torch.Tensor, ...], first_step: int,
+                 total_steps: int) -> tuple[int, float]:
+    """Optimizer steps on ``batches`` from ``pr.step`` to the end of the epoch or to a stop;
+    ``first_step`` is the run-wide number of the epoch's first step. Adds the steps' sums
+    over all ranks to ``pr`` and returns (images over all ranks, seconds) of these steps."""
+    bar = _bar(run.cfg, run.world, pr.epoch, len(batches), pr.step)
+    # this rank's sums, kept on the device: no host sync per step
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    seen = 0
+    t = time.perf_counter()
+    while pr.step < len(batches) and not pr.stopped:
+        chunk = batches[pr.step]
+        loss, hits = run.step(chunk, lr_at(first_step + pr.step, total_steps, run.peak_lr))
+        loss_sum += loss.double() * len(chunk)
+        correct += hits
+        seen += len(chunk)
+        pr.step += 1
+        pr.steps += 1
+        if bar is not None:
+            bar.update(1)
+            if pr.step % 10 == 0 or pr.step == len(batches):
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        pr.stopped = run.should_stop(pr)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t
+    g_loss, g_correct, g_seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], run.world, run.device)
+    pr.add(g_loss, g_correct, g_seen, seconds)
+    if pr.stopped and pr.step < len(batches) and not run.world.main:
+        pr.loss_sum, pr.correct, pr.seen = 0.0, 0, 0
+    return int(g_seen), seconds
 
 
 def _bar(cfg: TrainConfig, world: World, epoch: int, total: int, initial: int):
