@@ -1,6 +1,7 @@
 """Compile the Triton kernels for a GPU target on a machine without a GPU.
 
     python -m fastconv.backends.triton._compile_check [--all-configs] [--arch 90] [--dtype bf16 ...]
+                                                      [--code-hash] [--dump-code DIR]
 
 Runs the backend's launchers on small CPU tensors with every kernel launch
 recorded instead of run, then compiles each distinct recorded launch with
@@ -10,15 +11,21 @@ wheel), exactly as the launch would specialize it on a GPU (argument types,
 reports per kernel the shared memory, whether tl.dot became a Hopper
 warp-group MMA and whether loads were pipelined, and exits non-zero on any
 compile error. ``--all-configs`` compiles every tuning candidate, not only
-the default. Uses Triton's launch internals (written against Triton 3.6 and
-3.8; exits with status 3 when they differ); TRITON_INTERPRET must be unset.
+the default. ``--code-hash`` adds to each line a hash of the variant's PTX and
+one of its SASS, ``--dump-code DIR`` writes both out, with the kernel's name
+replaced and the PTX's debug information dropped (``code_of``): two versions
+of the kernels generate the same code exactly where the hashes agree. Uses
+Triton's launch internals (written against Triton 3.6 and 3.8; exits with
+status 3 when they differ); TRITON_INTERPRET must be unset.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -147,10 +154,9 @@ def compile_launch(fn, args, kw, arch: int):
     return triton.compile(src, target=target, options=options.__dict__)
 
 
-def _registers(cubin: bytes) -> tuple[int, int]:
-    """(registers per thread, stack bytes per thread) from cuobjdump of the triton wheel, or (-1, -1)."""
+def _cuobjdump(cubin: bytes, *flags: str) -> str | None:
+    """The output of the triton wheel's cuobjdump on ``cubin``, or None when it cannot run."""
     import os
-    import re
     import subprocess
     import tempfile
 
@@ -161,11 +167,37 @@ def _registers(cubin: bytes) -> tuple[int, int]:
         f.write(cubin)
         f.flush()
         try:
-            out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
+            return subprocess.run([tool, *flags, f.name], capture_output=True, text=True, timeout=60).stdout
         except (OSError, subprocess.SubprocessError):
-            return -1, -1
-    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+            return None
+
+
+def _registers(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack bytes per thread) from cuobjdump of the triton wheel, or (-1, -1)."""
+    import re
+
+    m = re.search(r"REG:(\d+) STACK:(\d+)", _cuobjdump(cubin, "-res-usage") or "")
     return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+
+
+def code_of(compiled, name: str) -> tuple[str, str]:
+    """(PTX, SASS) of a compiled kernel, comparable across versions of its source: the kernel's
+    name is replaced by ``KERNEL``; the PTX loses its debug information (``.loc`` / ``.file``
+    lines, the labels that only they use, comments, the DWARF sections), which moves with
+    every edit of a docstring or a file name and does not change the code."""
+    import re
+
+    ptx = compiled.asm["ptx"]
+    ptx = ptx[:ptx.find("\t.section\t.debug")] if "\t.section\t.debug" in ptx else ptx
+    keep = []
+    for line in ptx.splitlines():
+        line = line.split("//", 1)[0].rstrip()
+        if not line or re.match(r"\s*(\.loc|\.file)\b", line) or re.match(r"\$L__(tmp|func_\w+)\d*:", line):
+            continue
+        keep.append(line)
+    sass = _cuobjdump(compiled.asm["cubin"], "-sass") or ""
+    named = re.compile(rf"(?<!\w){re.escape(name)}(?=\W|_param_)")
+    return named.sub("KERNEL", "\n".join(keep) + "\n"), named.sub("KERNEL", sass)
 
 
 def vector_load_share(ptx: str) -> float:
@@ -207,6 +239,10 @@ def describe(compiled) -> dict:
     }
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _label(fn, kw):
     meta = ",".join(f"{k}={v}" for k, v in sorted(kw.items())
                     if k.startswith(("BLOCK", "num_", "POOL", "FLAT", "ONE_TAP", "RELU")))
@@ -220,6 +256,10 @@ def main(argv=None) -> int:
     ap.add_argument("--all-configs", action="store_true", help="compile every tuning candidate")
     ap.add_argument("--layer", action="append", metavar="SUBSTRING",
                     help="only the LAYERS whose name contains this (default: all, and the pools and relu)")
+    ap.add_argument("--code-hash", action="store_true",
+                    help="add a hash of each variant's PTX and SASS (kernel name replaced, no debug info)")
+    ap.add_argument("--dump-code", metavar="DIR",
+                    help="write DIR/<n>-<kernel>.ptx and .sass of the n-th variant (as hashed)")
     a = ap.parse_args(argv)
     from ._common import INTERPRET
 
@@ -237,7 +277,8 @@ def main(argv=None) -> int:
         seen.add(key)
         t0 = time.time()
         try:
-            d = describe(compile_launch(fn, args, kw, a.arch))
+            compiled = compile_launch(fn, args, kw, a.arch)
+            d = describe(compiled)
         except InternalsMismatch as e:
             print(f"cannot drive this Triton's compiler: {e}", file=sys.stderr)
             return EXIT_UNSUPPORTED
@@ -246,9 +287,19 @@ def main(argv=None) -> int:
             print(f"FAIL {_label(fn, kw)} ({layer}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                   flush=True)
         else:
+            code = ""
+            if a.code_hash or a.dump_code:
+                ptx, sass = code_of(compiled, fn.__name__)
+                if a.code_hash:
+                    code = f"ptx {_digest(ptx)} sass {_digest(sass)}  "
+                if a.dump_code:
+                    stem = Path(a.dump_code) / f"{len(seen) - failures:03d}-{fn.__name__}"
+                    stem.parent.mkdir(parents=True, exist_ok=True)
+                    stem.with_suffix(".ptx").write_text(ptx)
+                    stem.with_suffix(".sass").write_text(sass)
             print(f"ok   {time.time() - t0:5.1f}s  regs {d['regs']:3d} stack {d['stack']:4d}  smem {d['shared']:6d}  "
                   f"wgmma {d['wgmma']:d}  pipelined {d['pipelined']:d}  vector loads {d['vector_loads']:3.0%}  "
-                  f"{_label(fn, kw)}  ({layer})", flush=True)
+                  f"{code}{_label(fn, kw)}  ({layer})", flush=True)
     print(f"{len(seen) - failures} compiled, {failures} failed (sm_{a.arch})")
     return 1 if failures else 0
 
