@@ -3,11 +3,14 @@
 the errors for bad arguments, data and checkpoints."""
 import gzip
 import json
+import math
 import os
 import pickle
+import re
 import socket
 import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ import torch.multiprocessing as mp
 from fastconv import nn as fnn
 from fastconv.train import checkpoint, data
 from fastconv.train.cli import format_comparison, main
-from fastconv.train.loop import TrainConfig, train
+from fastconv.train.loop import Progress, TrainConfig, lr_at, train
 from fastconv.train.models import ReferenceCNN
 
 QUICK = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--quiet"]
@@ -61,6 +64,36 @@ def test_reference_cnn_odd_sizes_and_bad_arguments():
         ReferenceCNN(image_size=3)
 
 
+# --------------------------------------------------------------------------- schedule and progress
+
+
+def test_lr_at_is_a_cosine_from_the_peak_to_zero():
+    assert lr_at(0, 10, 0.1) == 0.1
+    assert lr_at(5, 10, 0.1) == pytest.approx(0.05)
+    assert lr_at(10, 10, 0.1) == pytest.approx(0.0, abs=1e-15)
+    lrs = [lr_at(s, 10, 0.1) for s in range(11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    for s in range(11):
+        assert lrs[s] == 0.1 * 0.5 * (1.0 + math.cos(math.pi * s / 10))
+        assert lrs[s] + lrs[10 - s] == pytest.approx(0.1)  # point-symmetric about the midpoint
+
+
+def test_progress_saves_the_position_not_this_runs_counters():
+    pr = Progress(epoch=2, step=5, loss_sum=1.5, correct=3, seen=4, best=0.5, steps=7, images=64, stopped=True)
+    state = pr.state_dict()
+    assert state == {"epoch": 2, "step": 5, "loss_sum": 1.5, "correct": 3, "seen": 4, "best": 0.5,
+                     "val_accuracy": None}
+    fresh = Progress()
+    fresh.load_state_dict(state)
+    assert fresh.state_dict() == state and (fresh.steps, fresh.images, fresh.stopped) == (0, 0, False)
+    with pytest.raises(TypeError, match="keys among"):
+        fresh.load_state_dict({"epoch": 1, "steps": 3})
+    pr.start_epoch(3)
+    assert pr.state_dict() == {"epoch": 3, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "best": 0.5,
+                               "val_accuracy": None}
+    assert pr.steps == 7 and pr.images == 64
+
+
 # --------------------------------------------------------------------------- CLI runs
 
 
@@ -74,6 +107,12 @@ def test_smoke_run_writes_summary_and_checkpoints(tmp_path, capsys):
     assert s["backend"] in ("reference", "cpu") and s["device"] == "cpu"
     assert s["images_per_second"] > 0 and s["peak_memory_bytes"] > 0 and s["seconds"] > 0
     assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "last.pt"]
+    last = torch.load(ck / "last.pt", weights_only=True)
+    assert sorted(last) == ["fastconv", "format", "identity", "model", "optimizer", "ordering", "progress", "rng",
+                            "scaler"] and last["format"] == 1
+    assert sorted(last["progress"]) == ["best", "correct", "epoch", "loss_sum", "seen", "step", "val_accuracy"]
+    # the last of 2 steps ran at lr_at(1, 2, peak): the cosine schedule over the whole run
+    assert last["optimizer"]["param_groups"][0]["lr"] == lr_at(1, 2, 3e-3)
     out = capsys.readouterr().out
     assert "epoch   1/1" in out and "val acc" in out and "img/s" in out
 
@@ -97,14 +136,22 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+def _epoch_lines(out):
+    """The epoch log lines without their timing (images/s and seconds)."""
+    return [re.sub(r"\s+[\d,]+ img/s.*", "", line) for line in out.splitlines() if line.startswith("epoch ")]
+
+
 @pytest.mark.parametrize("steps_per_epoch", [1, 3], ids=["at-epoch-end", "inside-an-epoch"])
-def test_max_time_then_resume_takes_the_same_steps(tmp_path, steps_per_epoch):
+def test_max_time_then_resume_takes_the_same_steps(tmp_path, capsys, steps_per_epoch):
     """An uninterrupted run and a run stopped by --max-time after its first step, then
-    resumed, end with identical weights: no step lost, none repeated."""
+    resumed, end with identical weights: no step lost, none repeated; the epoch's loss and
+    accuracy count the steps before the stop too."""
     args = ["--epochs", "2", "--steps-per-epoch", str(steps_per_epoch), "--batch-size", "16",
             "--deterministic", "--quiet"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(args + ["--checkpoint-dir", str(whole)]) == 0
+    whole_lines = _epoch_lines(capsys.readouterr().out)
+    assert len(whole_lines) == 2
     assert main(args + ["--checkpoint-dir", str(parts), "--max-time", "1e-9",
                         "--summary", str(tmp_path / "first.json")]) == 0
     first = _summary(tmp_path / "first.json")
@@ -119,6 +166,20 @@ def test_max_time_then_resume_takes_the_same_steps(tmp_path, steps_per_epoch):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert _epoch_lines(capsys.readouterr().out) == whole_lines
+
+
+def test_resume_with_another_batch_size_restarts_the_epoch(tmp_path, capsys):
+    args = ["--epochs", "1", "--steps-per-epoch", "3", "--quiet", "--checkpoint-dir", str(tmp_path)]
+    assert main(args + ["--batch-size", "16", "--max-time", "1e-9"]) == 0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["progress"]["step"] == 1
+    capsys.readouterr()
+    summary = tmp_path / "s.json"
+    assert main(args + ["--batch-size", "8", "--resume", "--summary", str(summary)]) == 0
+    out = capsys.readouterr().out
+    assert "steps per epoch changed; epoch 1 restarts" in out and "epoch 1, step 0" in out
+    s = _summary(summary)
+    assert s["steps"] == 3 and s["epochs_completed"] == 1 and not s["stopped_early"]
 
 
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, capsys):
@@ -383,6 +444,25 @@ def test_rng_state_round_trip(tmp_path):
     assert torch.equal(torch.rand(3), a)
 
 
+def test_check_fits_names_the_flag_or_the_data_that_differs():
+    ds = data.synthetic(8, 1, 4)
+    want = checkpoint.identity(TrainConfig(), ds)
+    assert want == {"data": "digits", "optimizer": "adam", "widths": [32, 64], "channels": 1, "image_size": 8,
+                    "num_classes": 10}
+    path = Path("c.pt")
+    checkpoint.check_fits(dict(want), want, path)
+    checkpoint.check_fits({}, want, path)  # a checkpoint without an identity is not checked
+    for have, message in [
+        (dict(want, widths=[8, 16]), "c.pt was trained with --widths 8,16, this run has --widths 32,64"),
+        (dict(want, data="mnist"), "trained with --data mnist, this run has --data digits"),
+        (dict(want, optimizer="sgd"), "trained with --optimizer sgd, this run has --optimizer adam"),
+        (dict(want, channels=3), "c.pt holds a model for channels=3, the data has channels=1"),
+        (dict(want, num_classes=7), "holds a model for num_classes=7, the data has num_classes=10"),
+    ]:
+        with pytest.raises(checkpoint.CheckpointError, match=re.escape(message)):
+            checkpoint.check_fits(have, want, path)
+
+
 def test_resume_errors(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -397,6 +477,12 @@ def test_resume_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(QUICK + ["--resume", str(ck / "last.pt"), "--optimizer", "sgd"])
     assert "--optimizer adam" in capsys.readouterr().err
+    odd = torch.load(ck / "last.pt", weights_only=True)
+    odd["progress"]["steps"] = 2  # a this-run counter, never saved
+    checkpoint.save(odd, tmp_path / "odd.pt")
+    with pytest.raises(SystemExit):
+        main(QUICK + ["--resume", str(tmp_path / "odd.pt")])
+    assert "odd.pt does not fit this run (TypeError: progress must be a dict" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the full run
