@@ -213,24 +213,40 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_rank(rank, port, out_dir):
+def _ddp_rank(rank, port, out_dir, options):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
-    result = train(TrainConfig(epochs=1, steps_per_epoch=4, batch_size=16, device="cpu", quiet=True),
-                   say=lambda _msg: None)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=4, batch_size=16, device="cpu", quiet=True, **options)
+    result = train(cfg, say=lambda _msg: None)
     assert result.world_size == 2
-    torch.save(result.model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"model": result.model.state_dict(), "train_loss": result.train_loss},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _ddp_run(out_dir, **options):
+    mp.spawn(_ddp_rank, args=(_free_port(), str(out_dir), options), nprocs=2, join=True)
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
 def test_ddp_two_gloo_ranks_end_with_identical_weights(tmp_path):
-    mp.spawn(_ddp_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = _ddp_run(tmp_path)
     torch.manual_seed(0)
     init = ReferenceCNN(1, 10, 8).state_dict()
-    for k in w0:
-        assert torch.equal(w0[k], w1[k]), f"{k} differs between ranks"
-        assert not torch.equal(w0[k], init[k]), f"{k} was not trained"
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), f"{k} differs between ranks"
+        assert not torch.equal(r0["model"][k], init[k]), f"{k} was not trained"
+
+
+def test_ddp_resume_inside_an_epoch_gives_every_rank_the_whole_epochs_sums(tmp_path):
+    """The epoch's running sums are over all ranks, so every rank resumes them and ends the
+    epoch with the same train loss as rank 0 (and the same weights)."""
+    ck = str(tmp_path / "ck")
+    _ddp_run(tmp_path, checkpoint_dir=ck, max_time=1e-9, deterministic=True)
+    assert torch.load(tmp_path / "ck" / "last.pt", weights_only=True)["progress"]["step"] == 1
+    r0, r1 = _ddp_run(tmp_path, checkpoint_dir=ck, resume="auto", deterministic=True)
+    assert r0["train_loss"] is not None and r0["train_loss"] == r1["train_loss"]
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), f"{k} differs between ranks"
 
 
 # --------------------------------------------------------------------------- data files

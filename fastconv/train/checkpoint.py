@@ -178,7 +178,5 @@ def resume(cfg: TrainConfig, world: World, ds: ImageData, model: torch.nn.Module
     if progress.step and ck.get("ordering") != ordering(cfg, world):
         log(f"resume: batch size, world size or steps per epoch changed; epoch {progress.epoch + 1} restarts")
         progress.start_epoch(progress.epoch)
-    if not world.main:  # the running sums are global and kept by rank 0
-        progress.loss_sum, progress.correct, progress.seen = 0.0, 0, 0
     log(f"resumed from {path}: epoch {progress.epoch + 1}, step {progress.step}, "
         f"best val acc {max(progress.best, 0):.2%}")

@@ -118,7 +118,7 @@ def _this_run(default):
 class Progress:
     """Where the run is: every counter of the loop, in one record. The fields up to
     ``val_accuracy`` are saved in checkpoints and resumed; the running sums are over all
-    ranks and cover the epoch in progress up to ``step``."""
+    ranks (every rank holds the same values) and cover the epoch in progress up to ``step``."""
 
     epoch: int = 0                         # epochs completed
     step: int = 0                          # batches of epoch ``epoch`` done
@@ -454,8 +454,6 @@ def _train_epoch(run: _Run, pr: Progress, batches: tuple[torch.Tensor, ...], fir
     seconds = time.perf_counter() - t
     g_loss, g_correct, g_seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], run.world, run.device)
     pr.add(g_loss, g_correct, g_seen, seconds)
-    if pr.stopped and pr.step < len(batches) and not run.world.main:
-        pr.loss_sum, pr.correct, pr.seen = 0.0, 0, 0
     return int(g_seen), seconds
 
 
