@@ -19,7 +19,6 @@ import datetime
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-import fastconv
+from fastconv.info import cpu, driver_version, gpus, versions
 from fastconv.backends import BackendUnsupportedError
 
 from . import profiling
@@ -279,30 +278,21 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
 
 
 def environment(device: torch.device) -> dict:
-    """Card, versions and date of a run (no extension build is triggered here)."""
-    try:
-        import triton
-        triton_version = triton.__version__
-    except Exception:  # noqa: BLE001
-        triton_version = None
+    """Machine, versions and date of a run, from fastconv's own report (``fastconv/info.py``);
+    no extension build is triggered here."""
     env = {
         "device": device_name(device),
         "device_type": device.type,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "versions": {
-            "fastconv": fastconv.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "triton": triton_version, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "driver": _driver_version() if device.type == "cuda" else None,
-        },
+        "versions": {**versions(), "driver": driver_version() if device.type == "cuda" else None},
+        "cpu": cpu(),
         "extension": extension_state(),
     }
     if device.type == "cuda":
-        pr = torch.cuda.get_device_properties(device)
-        env["gpu"] = {"sms": pr.multi_processor_count, "memory_gib": round(pr.total_memory / 2**30, 1),
-                      "capability": f"{pr.major}.{pr.minor}",
-                      "l2_mb": round(getattr(pr, "L2_cache_size", 0) / 2**20, 1)}
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        gpu = next(g for g in gpus() if g["index"] == index)
+        env["gpu"] = {k: gpu[k] for k in ("sms", "memory_gib", "capability", "l2_mb")}
     return env
 
 
@@ -311,15 +301,6 @@ def extension_state() -> Optional[dict]:
     from fastconv import _ext
 
     return dict(_ext._status) if _ext._tried else None
-
-
-def _driver_version() -> Optional[str]:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
 
 
 def run(layers: list[tuple[str, Layer]], cfg: Config, on_progress: Optional[Callable] = None,

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from fastconv.info import device_name  # noqa: F401  (the name every result carries)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -61,15 +62,6 @@ def sync(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in _read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            return "cpu: " + line.split(":", 1)[1].strip()
-    return "cpu: " + (platform.processor() or platform.machine())
 
 
 def cache_bytes(device: torch.device) -> int:

@@ -1,11 +1,19 @@
-"""Environment report: ``fastconv.info()`` (a dict) and ``fastconv info`` (printed)."""
+"""Environment report: ``fastconv.info()`` (a dict) and ``fastconv info`` (printed).
+
+Its parts serve the benchmarks too (``bench/harness.py``), so every result names the machine
+the same way: ``versions()``, ``cpu()`` (model, the vector ISA the C++ kernels run, threads),
+``gpus()`` and ``device_name(device)``.
+"""
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
 
 import torch
+
+_ISAS = ("base", "avx2", "avx512")
 
 
 def _nvcc_version() -> str | None:
@@ -24,6 +32,73 @@ def _nvcc_version() -> str | None:
     return out.strip().splitlines()[-1] if out.strip() else None
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith(name) and ":" in line:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what platform knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def native_isa() -> str:
+    """The widest vector ISA of this CPU that the C++ kernels have a copy for
+    (the rule of csrc/cpu/cpu_kernel.h: avx512 needs avx512f/vl/bw/dq, avx2 needs avx2 and fma)."""
+    if platform.machine() not in ("x86_64", "AMD64", "i686", "x86"):
+        return "base"
+    flags = set((_cpuinfo_field("flags") or "").split())
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return "base"
+
+
+def cpu_isa() -> str:
+    """The ISA the C++ kernels run: the native one, lowered (never raised) by FASTCONV_CPU_ISA."""
+    native = native_isa()
+    want = os.environ.get("FASTCONV_CPU_ISA", "").strip()
+    if want not in _ISAS:
+        return native
+    return want if _ISAS.index(want) < _ISAS.index(native) else native
+
+
+def cpu() -> dict:
+    """The CPU: model, the ISA its kernels run (and the native one), threads and cores."""
+    return {"model": cpu_model(), "family": _cpuinfo_field("cpu family"), "model_number": _cpuinfo_field("model"),
+            "isa": cpu_isa(), "isa_native": native_isa(), "threads": torch.get_num_threads(),
+            "cores": os.cpu_count()}
+
+
+def device_name(device: torch.device) -> str:
+    """A GPU's name, or ``cpu: <model>``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu: " + cpu_model()
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version (``nvidia-smi``), None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
 def _triton_version() -> str | None:
     try:
         import triton
@@ -33,7 +108,7 @@ def _triton_version() -> str | None:
         return None
 
 
-def _gpus() -> list[dict]:
+def gpus() -> list[dict]:
     out = []
     if not torch.cuda.is_available():
         return out
@@ -45,26 +120,28 @@ def _gpus() -> list[dict]:
             "sms": pr.multi_processor_count,
             "memory_gib": round(pr.total_memory / 2**30, 1),
             "capability": f"{pr.major}.{pr.minor}",
+            "l2_mb": round(getattr(pr, "L2_cache_size", 0) / 2**20, 1),
         })
     return out
 
 
+def versions() -> dict:
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"fastconv": __import__("fastconv").__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "triton": _triton_version(), "cuda": torch.version.cuda, "cudnn": cudnn}
+
+
 def info() -> dict:
-    """Versions, GPUs, the extension's build state and which backends can run here."""
+    """Versions, the CPU and GPUs, the extension's build state and which backends can run here."""
     from . import _ext, backends
 
     ext = _ext.status()
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
-        "fastconv": __import__("fastconv").__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": _triton_version(),
-        "cuda": torch.version.cuda,
-        "cudnn": cudnn,
+        **versions(),
         "nvcc": _nvcc_version(),
         "compiler": shutil.which("c++") or shutil.which("g++"),
-        "gpus": _gpus(),
+        "cpu": cpu(),
+        "gpus": gpus(),
         "extension": {k: ext[k] for k in ("built", "cuda_kernels", "path", "error", "mode")},
         "backends": backends.available(),
         "backend": backends.current(),
@@ -75,6 +152,9 @@ def format_info(d: dict) -> str:
     lines = [f"fastconv {d['fastconv']}  (python {d['python']})"]
     for k in ("torch", "triton", "cuda", "cudnn", "nvcc", "compiler"):
         lines.append(f"  {k:<10} {d[k] if d[k] is not None else 'not found'}")
+    c = d["cpu"]
+    isa = c["isa"] if c["isa"] == c["isa_native"] else f"{c['isa']} (lowered from {c['isa_native']} by FASTCONV_CPU_ISA)"
+    lines.append(f"  cpu        {c['model']}, {c['cores']} cores, {c['threads']} threads, kernels for {isa}")
     if d["gpus"]:
         for g in d["gpus"]:
             lines.append(f"  gpu {g['index']}:    {g['name']}, {g['sms']} SMs, {g['memory_gib']} GiB, "
