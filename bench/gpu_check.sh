@@ -11,7 +11,7 @@
 #   env        nvidia-smi, versions (the extension is not built yet)
 #   build      the extension, just in time, timed
 #   tests      every GPU-marked test (pytest -m gpu), failures listed
-#   smoke      bench/kernel_smoke.py: each CUDA and Triton kernel once, checked vs float64
+#   smoke      tests/test_smoke.py: each CUDA and Triton kernel variant once, checked vs float64
 #   memcheck   the same under compute-sanitizer memcheck (CUDA, then Triton)
 #   racecheck  the CUDA kernels under compute-sanitizer racecheck (full run only)
 #   layers     bench/bench_layers.py: suites x providers (fastconv, eager cuDNN, torch.compile)
@@ -159,16 +159,17 @@ gpu_tests() {
 # and its memcheck limit compiling candidates; without it, memcheck of every Triton kernel took
 # about a minute there. The tests and the benchmarks tune for themselves.
 smoke() {
-  FASTCONV_TRITON_TUNE=0 "$PY" bench/kernel_smoke.py "$@" 2>&1 | grep -v -e UserWarning -e 'warnings.warn'
+  FASTCONV_TRITON_TUNE=0 "$PY" -m pytest tests/test_smoke.py -q -rs -p no:cacheprovider -k "$1" 2>&1 \
+    | grep -v -e UserWarning -e 'warnings.warn'
   return "${PIPESTATUS[0]}"
 }
 
-# sanitize TOOL BACKENDS: compute-sanitizer TOOL on the kernel smoke run of BACKENDS
+# sanitize TOOL BACKENDS: compute-sanitizer TOOL on the smoke tests of BACKENDS (a pytest -k expression)
 sanitize() {
   local tool=$1 backends=$2 cs rc=0 seen
   seen=$(cat "$OUT/sanitizer.log" 2>/dev/null | wc -l)
   {
-    echo "===== compute-sanitizer --tool $tool: bench/kernel_smoke.py --backends $backends"
+    echo "===== compute-sanitizer --tool $tool: tests/test_smoke.py -k '$backends'"
     if [ "$DRY" = 1 ]; then
       echo "===== dry run: compute-sanitizer is not run"
     elif ! cs=$(sanitizer); then
@@ -177,13 +178,13 @@ sanitize() {
     else
       # no caching allocator: every tensor is its own allocation, so an overrun is caught
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 FASTCONV_TRITON_TUNE=0 timeout -k 5 $(( PHASE_LIMIT - 5 )) "$cs" --tool "$tool" \
-        --error-exitcode 99 --print-limit 20 "$PY" bench/kernel_smoke.py --backends "$backends"
+        --error-exitcode 99 --print-limit 20 "$PY" -m pytest tests/test_smoke.py -q -p no:cacheprovider -k "$backends"
       rc=$?
       echo "===== exit $rc"
     fi
   } >>"$OUT/sanitizer.log" 2>&1
   tail -n +$(( seen + 1 )) "$OUT/sanitizer.log" \
-    | grep -E '^(kernel smoke|=====|=========.*(ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race|Hazard))' | tail -n 8
+    | grep -E '^([0-9]+ (passed|failed)|=====|=========.*(ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race|Hazard))' | tail -n 8
   return $rc
 }
 
@@ -232,9 +233,8 @@ export -f env_report sanitizer build gpu_tests smoke sanitize layers train overh
 export OUT PY DRY MODE ROOT SCRATCH
 
 if [ "$MODE" = quick ]; then TESTS_MARK="gpu and not slow"; else TESTS_MARK="gpu"; fi
-SMOKE_ARGS=(--backends cuda,triton)
-if [ "$MODE" = quick ]; then SMOKE_ARGS+=(--dtypes bf16); fi
-if [ "$DRY" = 1 ]; then SMOKE_ARGS=(--device cpu --backends reference,cpu); fi
+SMOKE_K="cuda or triton"
+if [ "$DRY" = 1 ]; then SMOKE_K="cpu"; fi
 
 # Each phase gets at most CAP seconds and leaves RESERVE of the budget to the phases after
 # it, but never less than 20 s: a slow build squeezes the later phases, it is not cut short.
@@ -251,14 +251,14 @@ if (( $? != 0 )); then
 fi
 if [ "$MODE" = quick ]; then
   phase tests           75  90 gpu_tests "$TESTS_MARK"
-  phase smoke           30  75 smoke "${SMOKE_ARGS[@]}"
-  phase memcheck        50  50 sanitize memcheck cuda,triton
+  phase smoke           30  75 smoke "$SMOKE_K"
+  phase memcheck        50  50 sanitize memcheck 'cuda or triton'
   phase layers          80  40 layers
   phase train           45  15 train
   phase overhead        15   5 overhead
 else
   phase tests          180 185 gpu_tests "$TESTS_MARK"
-  phase smoke           60 165 smoke "${SMOKE_ARGS[@]}"
+  phase smoke           60 165 smoke "$SMOKE_K"
   phase memcheck-cuda   60 145 sanitize memcheck cuda
   phase memcheck-triton 75 120 sanitize memcheck triton
   phase racecheck-cuda  60 100 sanitize racecheck cuda
