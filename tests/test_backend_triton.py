@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 pytest.importorskip("triton", reason="the triton backend needs the triton package")
 
 import fastconv  # noqa: E402
-from fastconv import backends, ops  # noqa: E402
+from fastconv import _impl, backends, ops  # noqa: E402
 from fastconv.backends import reference  # noqa: E402
 from fastconv.backends.triton import _pack, _tune, configs  # noqa: E402
 from fastconv.backends.triton._common import vec_args, vec_elems  # noqa: E402
@@ -105,7 +105,7 @@ def test_conv_window_index_matches_reference():
         with fastconv.use_backend("triton", strict=True):
             y, idx = ops.conv2d_fwd(*args)
         y_ref, idx_ref = reference.conv2d_fwd(x.cpu().double(), w.cpu().double(), None,
-                                              ops._conv_params(*args[3:]))
+                                              _impl.conv_params(*args[3:]))
         assert idx.dtype == torch.uint8 and torch.equal(idx.cpu(), idx_ref)
         assert torch.equal(y.cpu().double(), y_ref)
 
@@ -272,7 +272,7 @@ def test_pinned_small_tiles_still_match_oracle(monkeypatch):
 def test_wgrad_split_k_and_fused_bias_match_oracle(case, fused, monkeypatch):
     """wgrad split over three reduction chunks (fp32 atomics, then one cast: on the CPU only
     when forced), with the bias gradient fused into it or from its own reduction."""
-    from fastconv.backends.triton import conv_wgrad
+    from fastconv.backends.triton import conv2d_wgrad as conv_wgrad
 
     monkeypatch.setattr(conv_wgrad, "split_count", lambda *a: 3)
     monkeypatch.setenv(_tune.ENV_PIN, "conv_wgrad:BLOCK_K=16")
@@ -412,7 +412,10 @@ def test_vec_elems_is_the_proven_channel_alignment():
 
 def test_aligned_channel_vectors_match_oracle(monkeypatch):
     """VEC > 1 (channels_last, 24 channels) reaches all three GEMM kernels and stays exact."""
-    from fastconv.backends.triton import conv_dgrad, conv_fwd, conv_wgrad
+    import importlib
+
+    conv_fwd, conv_dgrad, conv_wgrad = (importlib.import_module(f"fastconv.backends.triton.{m}")
+                                         for m in ("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad"))
 
     seen = []
 

@@ -1,7 +1,7 @@
 // fastconv_C::conv2d_bwd on CUDA: dx, dw and db of the fused conv, reading the
 // conv-output gradient dC through the unpool prologue (conv_sources.cuh):
 //
-//   dC[n,k,p,q] = dy[n,k,p/pool,q/pool] * (idx == (p%pool)*pool + q%pool) * (!relu || y > 0)
+//   dC[n,k,p,q] = dy[n,k,p/pool,q/pool] * (idx == (p%pool)*pool + q%pool) * (!relu || !(y <= 0))
 //
 //   dx[n,c,h,w] = sum_{k in group(c), r, s} dC[n,k,(h+pt-r*dh)/sh,(w+pl-s*dw)/sw] * w[k,c%CG,r,s]
 //                 (terms whose division is not exact are absent)

@@ -14,7 +14,7 @@
 //                 pooled dy / y / idx [N, K, PO, QO] (the "unpool prologue"):
 //
 //       dC[n,k,p,q] = dy[n,k,i,j] * (idx[n,k,i,j] == (p%pool)*pool + q%pool)
-//                                 * (!relu || y[n,k,i,j] > 0)
+//                                 * (!relu || !(y[n,k,i,j] <= 0))
 //       with i = p / pool, j = q / pool, and dC = 0 outside the floor-mode
 //       windows (p >= PO*pool or q >= QO*pool).
 //
@@ -88,7 +88,7 @@ struct UnpoolSource {
     if (px.off < 0) return A(0);
     const int64_t off = px.off + k * sC;
     if (idx != nullptr && int(idx[off]) != px.want) return A(0);
-    if (y != nullptr && !(static_cast<A>(y[off]) > A(0))) return A(0);
+    if (y != nullptr && static_cast<A>(y[off]) <= A(0)) return A(0);
     return static_cast<A>(dy[off]);
   }
   __device__ __forceinline__ acc_t<T> at(int64_t n, int64_t k, int u, int v) const {

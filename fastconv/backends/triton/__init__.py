@@ -27,7 +27,8 @@ import math
 import torch
 
 from ..._params import ConvParams, PoolParams
-from . import conv_dgrad, conv_fwd, conv_wgrad, depthwise, pool, relu
+from . import conv2d_depthwise as depthwise, conv2d_dgrad as conv_dgrad, conv2d_fwd as conv_fwd
+from . import conv2d_wgrad as conv_wgrad, max_pool2d as pool, relu
 from ._common import INT32_LIMIT, INTERPRET, nhwc_on_gpu
 
 NAME = "triton"

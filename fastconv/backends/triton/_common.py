@@ -9,7 +9,7 @@ Device helpers (``@triton.jit``):
   ``idx`` (DESIGN section 3)::
 
       dC[n, k, oh, ow] = dy[n, k, po, qo] * (idx[n, k, po, qo] == di*POOL + dj)
-                                          * (not RELU or y[n, k, po, qo] > 0)
+                                          * (not RELU or not y[n, k, po, qo] <= 0)
       with po, di = divmod(oh, POOL), qo, dj = divmod(ow, POOL),
 
   and dC = 0 on the ragged edge (po >= PO or qo >= QO: conv rows/columns past
@@ -188,7 +188,7 @@ def load_dc(dy_ptr, y_ptr, idx_ptr, n, oh, ow, k, row_ok, k_ok, PO, QO,
         v = tl.where(hit == win[:, None], v, 0.0)
     if RELU:
         yv = tl.load(y_ptr + off, mask=mask, other=0.0)
-        v = tl.where(yv > 0, v, 0.0)
+        v = tl.where(yv <= 0, 0.0, v)
     return v
 
 

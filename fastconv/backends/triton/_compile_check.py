@@ -60,9 +60,15 @@ class _Recorder:
         return lambda *args, **kw: self.log.append((self.fn, args, kw, self.where["layer"]))
 
 
-def _kernels():
-    from . import conv_dgrad, conv_fwd, conv_wgrad, depthwise, pool, relu
+def _modules():
+    import importlib
 
+    names = ("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "conv2d_depthwise", "max_pool2d", "relu")
+    return [importlib.import_module(f"{__package__}.{name}") for name in names]
+
+
+def _kernels():
+    conv_fwd, conv_dgrad, conv_wgrad, depthwise, pool, relu = _modules()
     for mod in (conv_fwd, conv_dgrad, conv_wgrad, depthwise, pool, relu):
         for name, obj in vars(mod).items():
             if name.endswith("_kernel") and hasattr(obj, "arg_names"):
@@ -72,7 +78,9 @@ def _kernels():
 def record(dtypes, all_configs: bool, only: list[str] | None = None):
     """Run every launcher on CPU tensors; return the recorded (kernel, args, kwargs, layer)
     launches (``only``: the LAYERS whose name contains one of these strings, no pool or relu)."""
-    from . import _tune, conv_dgrad, conv_fwd, conv_wgrad, depthwise, pool, relu
+    from . import _tune
+
+    conv_fwd, conv_dgrad, conv_wgrad, depthwise, pool, relu = _modules()
 
     log: list = []
     where = {"layer": ""}

@@ -1,7 +1,7 @@
 """relu forward and backward, elementwise over the flat storage.
 
     y = relu(x) = x < 0 ? 0 : x        (NaN stays NaN, like torch.relu)
-    dx = y > 0 ? dy : 0                (torch.threshold_backward(dy, y, 0))
+    dx = y <= 0 ? 0 : dy                (torch.threshold_backward(dy, y, 0))
 
 x, dy and y arrive contiguous in one memory format, so element i of the
 storage is the same logical element in all of them; offsets are 64-bit.
@@ -42,7 +42,7 @@ def _relu_bwd_kernel(
     mask = offs < numel
     g = tl.load(dy_ptr + offs, mask=mask, other=0.0)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0)
-    tl.store(dx_ptr + offs, tl.where(y > 0, g, 0.0).to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + offs, tl.where(y <= 0, 0.0, g).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(kernel, tensors, numel, device):

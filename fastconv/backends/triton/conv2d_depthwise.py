@@ -33,7 +33,7 @@ from . import _tune
 from ._common import (cdiv, device_guard, grad_operands, load_dc, next_pow2, nhwc_on_gpu, pixel_tile, store_pooled,
                       strides4, window_rows, window_tile_rows)
 from .configs import depthwise_configs
-from .conv_wgrad import split_count
+from .conv2d_wgrad import split_count
 
 
 @triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NWIN", "pad_h", "pad_w"])

@@ -28,9 +28,9 @@ pass over dy, which is as large as the layer's whole input gradient traffic
 there. Otherwise (several column tiles would sum the same rows, and a per-tile
 branch costs registers) it is one reduction over the pooled gradient
 (``_bias_grad_kernel``): exactly one element of each window receives dy, so
-sum_window dC = dy * (not RELU or y > 0) and
+sum_window dC = dy * (not RELU or not y <= 0) and
 
-    db[k] = sum over (n, po, qo) of dy[n, k, po, qo] * (not RELU or y[n, k, po, qo] > 0)
+    db[k] = sum over (n, po, qo) of dy[n, k, po, qo] * (not RELU or not y[n, k, po, qo] <= 0)
 
 Pointers: dy, y, idx [N, K, PO, QO] sharing strides (sdn, sdk, sdh, sdw);
 x [N, C, H, W] with strides (sxn, sxc, sxh, sxw); dw [K, Cg, R, S] and db [K]
@@ -162,7 +162,7 @@ def _bias_grad_kernel(
         mask = (pix < hi)[:, None] & ch_ok[None, :]
         v = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
         if RELU:
-            v = tl.where(tl.load(y_ptr + off, mask=mask, other=0.0) > 0, v, 0.0)
+            v = tl.where(tl.load(y_ptr + off, mask=mask, other=0.0) <= 0, 0.0, v)
         acc += v
     tl.atomic_add(db_ptr + ch, tl.sum(acc, axis=0), mask=ch_ok)
 
