@@ -1,6 +1,6 @@
-// The operator library fastconv_C: every kernel schema, defined once.
-// CPU kernels register in csrc/cpu/*.cpp, CUDA kernels in csrc/cuda/*.cu
-// (TORCH_LIBRARY_IMPL(fastconv_C, CPU|CUDA, m)).
+// The operator library fastconv_C: every kernel schema, defined once, and the
+// CPU kernels' registration. The entry points of each device are declared in
+// csrc/ops.h; the CUDA kernels register in csrc/cuda/register.cu.
 //
 // The ops' math is docs/design.md §2 (conv2d_fwd §2.1, conv2d_bwd §2.2, relu and
 // max_pool2d §2.3). Conventions of the schemas:
@@ -13,6 +13,8 @@
 //   * max_pool2d_fwd returns (y, idx), idx the int32 plane index h * W + w.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "ops.h"
 
 namespace fastconv {
 // True when csrc/cuda was compiled in (FASTCONV_WITH_CUDA).
@@ -37,6 +39,8 @@ TORCH_LIBRARY(fastconv_C, m) {
         "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
   m.def("has_cuda_kernels() -> bool", []() { return fastconv::has_cuda_kernels(); });
 }
+
+TORCH_LIBRARY_IMPL(fastconv_C, CPU, m) { FASTCONV_IMPL_ALL(m, cpu); }
 
 
 // A bare module init: importing fastconv._C only loads the registrations above.

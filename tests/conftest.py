@@ -32,3 +32,15 @@ def _default_backend():
     saved = dict(backends._state)
     yield
     backends._state.update(saved)
+
+
+@pytest.fixture
+def triton_default_configs(monkeypatch):
+    """No autotuning in the triton tests (on a GPU every new shape would benchmark and compile
+    each candidate): the heuristic default config runs, except where a test pins or tunes. fp32
+    on a GPU runs in ieee unless a test turns TF32 on."""
+    from fastconv.backends.triton import _tune
+
+    monkeypatch.setenv(_tune.ENV_TUNE, "0")
+    monkeypatch.delenv(_tune.ENV_PIN, raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

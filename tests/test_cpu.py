@@ -83,7 +83,7 @@ def test_conv_wide_blocks_and_partial_channels(dtype, path):
 
 
 def test_conv_weight_with_any_strides(path):
-    """w may arrive as a view with any strides (DESIGN: backends get w as is)."""
+    """w may arrive as a view with any strides (docs/design.md §5: backends get w as is)."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 8, 7, dtype=torch.float64, generator=gen)
     w = torch.randn(3, 3, 3, 5, dtype=torch.float64, generator=gen).transpose(0, 3)  # [5, 3, 3, 3]
@@ -150,7 +150,7 @@ def test_conv_nan_and_inf_propagate_like_torch(layout, path):
 
 
 def test_conv_fwd_returns_the_window_index(path):
-    """The C++ op's idx is the row-major window position of the max, as DESIGN section 3 defines."""
+    """The C++ op's idx is the row-major window position of the max, as docs/design.md §2.1 defines."""
     x = torch.randint(-2, 3, (2, 3, 9, 8)).double()
     w = torch.randint(-2, 3, (5, 3, 3, 3)).double()
     y, idx = torch.ops.fastconv_C.conv2d_fwd(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, False, 3)

@@ -55,23 +55,21 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("case", SMOKE_CONV_CASES, ids=str)
+# (check, case) pairs: each conv and pool variant, channels_last in every dtype of the device
+SMOKE = ([pytest.param(check_conv, c, id=f"conv2d-{c}") for c in SMOKE_CONV_CASES]
+         + [pytest.param(check_pool, c, id=f"max_pool2d-{c}") for c in SMOKE_POOL_CASES])
+
+
+@pytest.mark.parametrize("check, case", SMOKE)
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_conv2d(backend, device, case):
+def test_kernel(backend, device, check, case):
     for dtype in _dtypes(device):
-        check_conv(backend, case, dtype, device, layout="channels_last")
+        check(backend, case, dtype, device, layout="channels_last")
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_conv2d_nchw(backend, device):
     check_conv(backend, SMOKE_CONV_CASES[1], torch.float32, device, layout="contiguous")
-
-
-@pytest.mark.parametrize("case", SMOKE_POOL_CASES, ids=str)
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_max_pool2d(backend, device, case):
-    for dtype in _dtypes(device):
-        check_pool(backend, case, dtype, device, layout="channels_last")
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

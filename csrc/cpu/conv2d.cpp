@@ -7,7 +7,6 @@
 //   * aten (conv2d_aten.cpp): ATen's convolution for the GEMM core with one fused pass
 //     around it each way.
 // All tensors keep x's memory format; dw is contiguous.
-#include <torch/library.h>
 
 #include <cstdlib>
 #include <optional>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "conv2d.h"
+#include "../ops.h"
 
 namespace fastconv {
 namespace cpu {
@@ -41,6 +41,8 @@ void check_operands(const char* op, const at::Tensor& x, const at::Tensor& w, co
                 w.size(0), "], got ", b->sizes());
   }
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w,
                                               const std::optional<at::Tensor>& b, at::IntArrayRef stride,
@@ -101,11 +103,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd(const at::Tensor& dy_i
   return {dx, dw, db};
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace fastconv
-
-TORCH_LIBRARY_IMPL(fastconv_C, CPU, m) {
-  m.impl("conv2d_fwd", &fastconv::cpu::conv2d_fwd);
-  m.impl("conv2d_bwd", &fastconv::cpu::conv2d_bwd);
-}

@@ -13,13 +13,13 @@
 // scan scalars; NHWC kernels run one output pixel (forward) or one (n, channel
 // block) (backward) per task with channels innermost. The backward of half and
 // bfloat16 sums in float.
-#include <torch/library.h>
 
 #include <atomic>
 #include <vector>
 
 #include "common.h"
 #include "cpu_kernel.h"
+#include "../ops.h"
 
 namespace fastconv {
 namespace cpu {
@@ -112,30 +112,6 @@ void pool_fwd_nhwc(const PoolGeom& g, const scalar_t* x, scalar_t* y, int32_t* i
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef kernel,
-                                                  at::IntArrayRef stride, at::IntArrayRef padding,
-                                                  at::IntArrayRef dilation, bool ceil_mode) {
-  TORCH_CHECK(x_in.device().is_cpu(), "fastconv cpu max_pool2d_fwd: x must be a CPU tensor");
-  const PoolGeom g = pool_geom(x_in.sizes(), kernel, stride, padding, dilation, ceil_mode);
-  TORCH_CHECK(g.H * g.W <= std::numeric_limits<int32_t>::max(),
-              "fastconv cpu max_pool2d_fwd: H*W must fit the int32 index, got ", g.H * g.W);
-  const at::MemoryFormat fmt = memory_format_of(x_in);
-  const at::Tensor x = x_in.contiguous(fmt);
-  at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(fmt));
-  at::Tensor idx = at::empty({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kInt).memory_format(fmt));
-  if (y.numel() == 0) return {y, idx};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_max_pool2d_fwd", [&] {
-    if (fmt == at::MemoryFormat::ChannelsLast) {
-      pool_fwd_nhwc<scalar_t>(g, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-                              idx.mutable_data_ptr<int32_t>());
-    } else {
-      pool_fwd_nchw<scalar_t>(g, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-                              idx.mutable_data_ptr<int32_t>());
-    }
-  });
-  return {y, idx};
-}
-
 // dx = scatter-add of dy at idx. Every task owns a disjoint part of dx.
 template <typename scalar_t>
 void pool_bwd_nchw(const PoolGeom& g, const scalar_t* dy, const int32_t* idx, scalar_t* dx,
@@ -203,6 +179,32 @@ void pool_bwd_nhwc(const PoolGeom& g, const scalar_t* dy, const int32_t* idx, sc
   });
 }
 
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef kernel,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, bool ceil_mode) {
+  TORCH_CHECK(x_in.device().is_cpu(), "fastconv cpu max_pool2d_fwd: x must be a CPU tensor");
+  const PoolGeom g = pool_geom(x_in.sizes(), kernel, stride, padding, dilation, ceil_mode);
+  TORCH_CHECK(g.H * g.W <= std::numeric_limits<int32_t>::max(),
+              "fastconv cpu max_pool2d_fwd: H*W must fit the int32 index, got ", g.H * g.W);
+  const at::MemoryFormat fmt = memory_format_of(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(fmt));
+  at::Tensor idx = at::empty({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kInt).memory_format(fmt));
+  if (y.numel() == 0) return {y, idx};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_max_pool2d_fwd", [&] {
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      pool_fwd_nhwc<scalar_t>(g, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                              idx.mutable_data_ptr<int32_t>());
+    } else {
+      pool_fwd_nchw<scalar_t>(g, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                              idx.mutable_data_ptr<int32_t>());
+    }
+  });
+  return {y, idx};
+}
+
 at::Tensor max_pool2d_bwd(const at::Tensor& dy_in, const at::Tensor& idx_in, at::IntArrayRef input_hw,
                           at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation, bool ceil_mode) {
@@ -238,11 +240,5 @@ at::Tensor max_pool2d_bwd(const at::Tensor& dy_in, const at::Tensor& idx_in, at:
   return dx;
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace fastconv
-
-TORCH_LIBRARY_IMPL(fastconv_C, CPU, m) {
-  m.impl("max_pool2d_fwd", &fastconv::cpu::max_pool2d_fwd);
-  m.impl("max_pool2d_bwd", &fastconv::cpu::max_pool2d_bwd);
-}

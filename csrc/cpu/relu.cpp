@@ -3,17 +3,15 @@
 //   relu_fwd: y  = max(x, 0), NaN stays NaN (like torch.relu)
 //   relu_bwd: dx = y <= 0 ? 0 : dy           (like aten threshold_backward(dy, y, 0))
 //
-// Inputs arrive contiguous in one memory format (fastconv/ops.py makes dy and
+// Inputs arrive contiguous in one memory format (fastconv/_impl.py makes dy and
 // y agree), so both kernels are flat loops over the storage and the outputs
 // keep that format.
-#include <torch/library.h>
-
 #include "common.h"
 #include "cpu_kernel.h"
+#include "../ops.h"
 
 namespace fastconv {
 namespace cpu {
-namespace {
 
 at::Tensor relu_fwd(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.device().is_cpu(), "fastconv cpu relu_fwd: x must be a CPU tensor");
@@ -55,11 +53,5 @@ at::Tensor relu_bwd(const at::Tensor& dy_in, const at::Tensor& y_in) {
   return dx;
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace fastconv
-
-TORCH_LIBRARY_IMPL(fastconv_C, CPU, m) {
-  m.impl("relu_fwd", &fastconv::cpu::relu_fwd);
-  m.impl("relu_bwd", &fastconv::cpu::relu_bwd);
-}

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "../common.h"
+
 namespace fastconv {
 namespace cuda {
 
@@ -33,6 +35,10 @@ constexpr int kThreads = 256;
 
 // Most blocks a grid-stride kernel is launched with (gridDim.x may go to 2^31 - 1).
 constexpr int64_t kMaxGrid = int64_t(1) << 30;
+
+// Shared memory every planner here fits a block into: the default limit, no
+// opt-in, leaving room for several blocks per SM.
+constexpr int64_t kSmemBudget = 48 * 1024;
 
 // N elements of T moved as one load / store; the address must be aligned to
 // sizeof(Vec) (callers check with is_aligned).
@@ -47,6 +53,15 @@ __host__ __device__ inline bool is_aligned(const void* p, size_t bytes) {
 
 __host__ __device__ inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ inline int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline int64_t round_up64(int64_t v, int64_t m) { return ceil_div64(v, m) * m; }
+
+// The smallest power of two >= v (capped at 2^30).
+inline int pow2_at_least(int64_t v) {
+  int p = 1;
+  while (p < v && p < (1 << 30)) p <<= 1;
+  return p;
+}
 
 // ceil(a / b) for b > 0 and any sign of a.
 __device__ __forceinline__ int ceil_div_signed(int a, int b) {
@@ -165,6 +180,33 @@ inline bool channels_vec_ok(const at::Tensor& t) {
 inline void check_int_range(int64_t v, const char* what) {
   TORCH_CHECK(v >= 0 && v <= std::numeric_limits<int>::max(), "fastconv (cuda): ", what, " = ", v,
               " does not fit the kernels' 32-bit size fields");
+}
+
+// The conv sizes every conv kernel reads, into the int fields of a launch-
+// argument struct (TileArgs, WgradArgs; after check_conv_sizes). The structs
+// keep their own field order: it is the kernels' parameter layout.
+template <typename Args>
+void set_conv_dims(Args& a, const ConvGeom& g) {
+  a.K = int(g.K);
+  a.KG = int(g.KG);
+  a.CG = int(g.CG);
+  a.R = int(g.R);
+  a.S = int(g.S);
+  a.P = int(g.P);
+  a.Q = int(g.Q);
+  a.sh = int(g.sh);
+  a.sw = int(g.sw);
+  a.dh = int(g.dh);
+  a.dw = int(g.dw);
+  a.pt = int(g.pt);
+  a.pl = int(g.pl);
+}
+
+// Every size of a conv that the kernels keep in an int field (the Python
+// backend declines larger calls first, see fastconv/backends/cuda.py).
+inline void check_conv_sizes(const ConvGeom& g) {
+  for (int64_t v : {g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.groups})
+    check_int_range(v, "a conv size");
 }
 
 }  // namespace cuda

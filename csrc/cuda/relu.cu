@@ -5,10 +5,10 @@
 //
 // The tensors are dense and share one memory layout, so the kernels walk raw
 // memory: 16-byte vectors when every pointer is aligned, then a scalar tail.
-#include <torch/library.h>
 
 #include "../common.h"
 #include "common.cuh"
+#include "../ops.h"
 
 namespace fastconv {
 namespace cuda {
@@ -64,7 +64,9 @@ __global__ void __launch_bounds__(kThreads) elementwise_kernel(const T* a, const
 // the one the fake kernels use).
 at::Tensor dense(const at::Tensor& t) { return t.contiguous(memory_format_of(t)); }
 
-at::Tensor relu_fwd_cuda(const at::Tensor& x_in) {
+}  // namespace
+
+at::Tensor relu_fwd(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.is_cuda(), "fastconv_C::relu_fwd: x must be a CUDA tensor, got ", x_in.device());
   c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = dense(x_in);
@@ -83,7 +85,7 @@ at::Tensor relu_fwd_cuda(const at::Tensor& x_in) {
   return y;
 }
 
-at::Tensor relu_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& y_in) {
+at::Tensor relu_bwd(const at::Tensor& dy_in, const at::Tensor& y_in) {
   check_cuda_like(dy_in, "dy", y_in, "relu_bwd");
   TORCH_CHECK(y_in.is_cuda(), "fastconv_C::relu_bwd: y must be a CUDA tensor, got ", y_in.device());
   TORCH_CHECK(dy_in.sizes() == y_in.sizes(), "fastconv_C::relu_bwd: dy must have y's shape ", y_in.sizes(),
@@ -107,11 +109,5 @@ at::Tensor relu_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& y_in) {
   return dx;
 }
 
-}  // namespace
 }  // namespace cuda
 }  // namespace fastconv
-
-TORCH_LIBRARY_IMPL(fastconv_C, CUDA, m) {
-  m.impl("relu_fwd", &fastconv::cuda::relu_fwd_cuda);
-  m.impl("relu_bwd", &fastconv::cuda::relu_bwd_cuda);
-}

@@ -26,6 +26,19 @@ def kernel_missing(op: str, dispatch_key: str) -> str | None:
     return None
 
 
+_DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def unsupported_on(device_type: str, op: str, x: torch.Tensor) -> str | None:
+    """The reasons shared by both native backends to decline a call of ``op`` whose first
+    tensor is ``x``: another device, a dtype without kernels, an op the build lacks."""
+    if x.device.type != device_type:
+        return f"it runs on {device_type.upper()} tensors, got a tensor on {x.device}"
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} is not supported"
+    return kernel_missing(op, _DISPATCH_KEY[device_type])
+
+
 def _ops():
     return torch.ops.fastconv_C
 

@@ -19,7 +19,7 @@ instruction set of the vector kernels (never above what the CPU has).
 from __future__ import annotations
 
 from ._native import (  # noqa: F401  (the backend's ops)
-    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, kernel_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd)
+    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd, unsupported_on)
 
 NAME = "cpu"
 
@@ -29,9 +29,4 @@ def available() -> str | None:
 
 
 def unsupported(op: str, *args) -> str | None:
-    x = args[0]
-    if x.device.type != "cpu":
-        return f"it runs on CPU tensors, got a tensor on {x.device}"
-    if x.dtype not in DTYPES:
-        return f"dtype {x.dtype} is not supported"
-    return kernel_missing(op, "CPU")
+    return unsupported_on("cpu", op, args[0])

@@ -1,11 +1,14 @@
 """The ``cuda`` backend: CUDA C++ kernels in csrc/cuda.
 
-* ``conv2d_fwd``: a tiled direct convolution with the bias / relu / max-pool
-  epilogue fused in registers (csrc/cuda/conv_direct.cuh); built for few input
-  channels and depthwise convs, correct for every shape.
+* ``conv2d_fwd`` (csrc/cuda/conv2d.cu): the tile convolution with the bias /
+  relu / max-pool epilogue fused in registers (conv2d_tile.cuh, planned by
+  conv2d_tile_plan.h); built for few input channels and depthwise convs,
+  correct for every shape.
 * ``conv2d_bwd``: dgrad through the same kernel on the unpooled, zero-inserted
-  gradient; wgrad and the bias gradient by a deterministic two-pass reduction.
-* ``max_pool2d`` (int32 plane index, gather backward) and ``relu``.
+  gradient (conv2d_dgrad.cu); wgrad and the bias gradient by a deterministic
+  two-pass reduction (conv2d_wgrad.cu).
+* ``max_pool2d`` (max_pool2d.cu: int32 plane index, gather backward) and
+  ``relu`` (relu.cu).
 
 Every kernel takes float32, float16, bfloat16 (fp32 accumulation) and float64,
 NCHW or channels_last. Sizes are 32-bit inside the kernels (offsets are
@@ -17,13 +20,11 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from .._params import INT32_MAX
 from ._native import (  # noqa: F401  (the backend's ops)
-    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, kernel_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd)
+    DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd, unsupported_on)
 
 NAME = "cuda"
-
-_INT32_MAX = 2**31 - 1
-
 
 def available() -> str | None:
     if not torch.cuda.is_available():
@@ -47,15 +48,11 @@ def _too_large(op: str, args) -> str | None:
         sizes = (args[0].shape[1], H, W, H * W)
     else:
         return None
-    if max(sizes) > _INT32_MAX:
+    if max(sizes) > INT32_MAX:
         return f"a size of {max(sizes)} exceeds the kernels' 32-bit size fields"
     return None
 
 
 def unsupported(op: str, *args) -> str | None:
-    x = args[0]
-    if x.device.type != "cuda":
-        return f"it runs on CUDA tensors, got a tensor on {x.device}"
-    if x.dtype not in DTYPES:
-        return f"dtype {x.dtype} is not supported"
-    return _too_large(op, args) or kernel_missing(op, "CUDA")
+    reason = unsupported_on("cuda", op, args[0])
+    return reason or _too_large(op, args)

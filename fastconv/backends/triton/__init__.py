@@ -2,15 +2,16 @@
 
 Kernel files (each starts with its math and layout):
 
-* ``conv_fwd.py``   fused conv + bias + relu + k x k max-pool, implicit GEMM (NHWC, packed [K, R, S, Cg])
-* ``conv_dgrad.py`` input gradient, implicit GEMM over stride phases, unpool prologue
-* ``conv_wgrad.py`` weight gradient, implicit GEMM with split-K, bias gradient fused (or one reduction)
-* ``depthwise.py``  direct kernels for groups == C (forward, dgrad, wgrad)
-* ``pool.py``       general max_pool2d forward / backward
-* ``relu.py``       relu forward / backward
+* ``conv2d_fwd.py``       fused conv + bias + relu + k x k max-pool, implicit GEMM (NHWC, packed [K, R, S, Cg])
+* ``conv2d_dgrad.py``     input gradient, implicit GEMM over stride phases, unpool prologue
+* ``conv2d_wgrad.py``     weight gradient, implicit GEMM with split-K, bias gradient fused (or one reduction)
+* ``conv2d_depthwise.py`` the depthwise variant (groups == C): forward, dgrad, wgrad on pixel x channel tiles
+* ``max_pool2d.py``       general max_pool2d forward / backward
+* ``relu.py``             relu forward / backward
 * ``configs.py`` launch configs per kernel, ``_tune.py`` choosing and caching them
   (``FASTCONV_TRITON_CONFIG`` pins, ``FASTCONV_TRITON_TUNE=0`` skips tuning),
-  ``_pack.py`` packed-weight cache, ``_common.py`` shared device helpers,
+  ``_pack.py`` packed-weight cache, ``_geom.py`` the sizes of a conv launch,
+  ``_common.py`` shared device helpers,
   ``_compile_check.py`` compiles every kernel for sm_90 without a GPU
   (``python -m fastconv.backends.triton._compile_check``).
 
@@ -26,10 +27,15 @@ import math
 
 import torch
 
-from ..._params import ConvParams, PoolParams
-from . import conv2d_depthwise as depthwise, conv2d_dgrad as conv_dgrad, conv2d_fwd as conv_fwd
-from . import conv2d_wgrad as conv_wgrad, max_pool2d as pool, relu
-from ._common import INT32_LIMIT, INTERPRET, nhwc_on_gpu
+from ..._params import INT32_MAX, ConvParams
+from ._common import INTERPRET, nhwc_on_gpu
+from ._geom import conv_geom
+from .conv2d_depthwise import conv2d_depthwise_dgrad, conv2d_depthwise_wgrad
+from .conv2d_dgrad import conv2d_dgrad
+from .conv2d_fwd import conv2d_fwd  # noqa: F401  (the backend's op: the GEMM or the depthwise kernel)
+from .conv2d_wgrad import conv2d_bias_grad, conv2d_wgrad
+from .max_pool2d import max_pool2d_bwd, max_pool2d_fwd  # noqa: F401  (the backend's ops)
+from .relu import relu_bwd, relu_fwd  # noqa: F401  (the backend's ops)
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -56,7 +62,7 @@ def _image_too_big(*shapes) -> str | None:
     """Offsets inside one image are 32-bit (the batch offset is 64-bit)."""
     for shape in shapes:
         size = math.prod(shape[1:])
-        if size > INT32_LIMIT:
+        if size > INT32_MAX:
             return f"an image of {size} elements (shape {tuple(shape)}) needs 64-bit offsets inside the image"
     return None
 
@@ -75,7 +81,7 @@ def unsupported(op: str, *args) -> str | None:
     if op == "conv2d_bwd":
         return _image_too_big(args[0].shape, args[1].shape)
     if op == "max_pool2d_fwd":
-        if x.shape[2] * x.shape[3] > INT32_LIMIT:
+        if x.shape[2] * x.shape[3] > INT32_MAX:
             return "the int32 pooling index cannot address an input plane of 2^31 elements or more"
         return _image_too_big(x.shape)
     if op == "max_pool2d_bwd":
@@ -83,43 +89,17 @@ def unsupported(op: str, *args) -> str | None:
     return f"unknown op {op!r}"
 
 
-def _depthwise(w: torch.Tensor, p: ConvParams) -> bool:
-    return w.shape[1] == 1 and p.groups > 1
-
-
-def conv2d_fwd(x, w, b, p: ConvParams):
-    if _depthwise(w, p):
-        return depthwise.depthwise_fwd(x, w, b, p)
-    return conv_fwd.conv2d_fwd(x, w, b, p)
-
-
 def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
-    dw_impl = _depthwise(w, p)
+    depthwise = conv_geom(x.shape, w.shape, p).depthwise
     # one channels_last copy of dy, y and idx (if they are not already) for all the kernels below
     dy, y, idx = (nhwc_on_gpu(t) for t in (dy, y, idx))
     dx = dw = db = None
     if mask[0]:
-        dx = (depthwise.depthwise_dgrad if dw_impl else conv_dgrad.conv2d_dgrad)(dy, x, w, y, idx, p)
-    if mask[1] and not dw_impl:  # the bias gradient too (fused into the GEMM where it pays)
-        dw, db = conv_wgrad.conv2d_wgrad(dy, x, w.shape, y, idx, p, with_bias=mask[2])
+        dx = (conv2d_depthwise_dgrad if depthwise else conv2d_dgrad)(dy, x, w, y, idx, p)
+    if mask[1] and not depthwise:  # the bias gradient too (fused into the GEMM where it pays)
+        dw, db = conv2d_wgrad(dy, x, w.shape, y, idx, p, with_bias=mask[2])
     elif mask[1]:
-        dw = depthwise.depthwise_wgrad(dy, x, w.shape, y, idx, p)
+        dw = conv2d_depthwise_wgrad(dy, x, w.shape, y, idx, p)
     if mask[2] and db is None:
-        db = conv_wgrad.conv2d_bias_grad(dy, y, p)
+        db = conv2d_bias_grad(dy, y, p)
     return dx, dw, db
-
-
-def relu_fwd(x):
-    return relu.relu_fwd(x)
-
-
-def relu_bwd(dy, y):
-    return relu.relu_bwd(dy, y)
-
-
-def max_pool2d_fwd(x, p: PoolParams):
-    return pool.max_pool2d_fwd(x, p)
-
-
-def max_pool2d_bwd(dy, idx, input_hw, p: PoolParams):
-    return pool.max_pool2d_bwd(dy, idx, input_hw, p)

@@ -6,7 +6,7 @@ Device helpers (``@triton.jit``):
 * ``load_dc``: the *unpool prologue*. The conv-output gradient is never
   stored at full resolution; a tile of it is rebuilt from the pooled
   gradient ``dy``, the saved pooled output ``y`` and the uint8 window index
-  ``idx`` (DESIGN section 3)::
+  ``idx`` (docs/design.md §2.2)::
 
       dC[n, k, oh, ow] = dy[n, k, po, qo] * (idx[n, k, po, qo] == di*POOL + dj)
                                           * (not RELU or not y[n, k, po, qo] <= 0)
@@ -40,9 +40,6 @@ import triton
 import triton.language as tl
 
 from ..._layout import memory_format_of
-
-INT32_LIMIT = 2**31 - 1
-
 
 def interpreting(kernel) -> bool:
     """True when ``kernel`` (a @triton.jit function) runs in the Triton interpreter."""

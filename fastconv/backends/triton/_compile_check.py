@@ -68,8 +68,7 @@ def _modules():
 
 
 def _kernels():
-    conv_fwd, conv_dgrad, conv_wgrad, depthwise, pool, relu = _modules()
-    for mod in (conv_fwd, conv_dgrad, conv_wgrad, depthwise, pool, relu):
+    for mod in _modules():
         for name, obj in vars(mod).items():
             if name.endswith("_kernel") and hasattr(obj, "arg_names"):
                 yield mod, name, obj
@@ -80,7 +79,7 @@ def record(dtypes, all_configs: bool, only: list[str] | None = None):
     launches (``only``: the LAYERS whose name contains one of these strings, no pool or relu)."""
     from . import _tune
 
-    conv_fwd, conv_dgrad, conv_wgrad, depthwise, pool, relu = _modules()
+    from . import conv2d_bwd, conv2d_fwd, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd
 
     log: list = []
     where = {"layer": ""}
@@ -99,7 +98,7 @@ def record(dtypes, all_configs: bool, only: list[str] | None = None):
     with ExitStack() as stack:
         for mod, name, fn in _kernels():
             stack.enter_context(mock.patch.object(mod, name, _Recorder(fn, log, where)))
-        for mod in (conv_fwd, conv_dgrad, conv_wgrad):
+        for mod in _modules()[:3]:  # the GEMM kernels
             stack.enter_context(mock.patch.object(mod, "dot_precision", precision))
         stack.enter_context(mock.patch.object(_tune, "choose", choose))
         for dtype in dtypes:
@@ -111,26 +110,19 @@ def record(dtypes, all_configs: bool, only: list[str] | None = None):
                 x = torch.randn(N, C, H, W, dtype=dtype).contiguous(memory_format=torch.channels_last)
                 w = torch.randn(K, C // G, R, S, dtype=dtype)
                 b = torch.randn(K, dtype=dtype) if bias else None
-                dw = C // G == 1 and G > 1
-                fwd = depthwise.depthwise_fwd if dw else conv_fwd.conv2d_fwd
-                y, idx = fwd(x, w, b, p)
-                dy = torch.randn_like(y)
+                y, idx = conv2d_fwd(x, w, b, p)
                 saved_y, saved_idx = (y if act else None), (idx if k > 1 else None)
-                (depthwise.depthwise_dgrad if dw else conv_dgrad.conv2d_dgrad)(dy, x, w, saved_y, saved_idx, p)
-                if dw:
-                    depthwise.depthwise_wgrad(dy, x, w.shape, saved_y, saved_idx, p)
-                    conv_wgrad.conv2d_bias_grad(dy, saved_y, p)
-                else:  # the bias gradient rides on the weight-gradient GEMM
-                    conv_wgrad.conv2d_wgrad(dy, x, w.shape, saved_y, saved_idx, p, with_bias=bias)
+                # depthwise layers also run the separate bias-gradient kernel; the GEMM's rides on wgrad
+                conv2d_bwd(torch.randn_like(y), x, w, saved_y, saved_idx, p, (True, True, bias or C // G == 1 < G))
             if only:
                 continue
             where["layer"] = f"pool and relu {str(dtype).replace('torch.', '')}"
             x = torch.randn(1, 64, 28, 28, dtype=dtype).contiguous(memory_format=torch.channels_last)
             for pk in POOLS:
                 pp = PoolParams(*pk)
-                y, idx = pool.max_pool2d_fwd(x, pp)
-                pool.max_pool2d_bwd(torch.randn_like(y), idx, (28, 28), pp)
-            relu.relu_bwd(x, relu.relu_fwd(x))
+                y, idx = max_pool2d_fwd(x, pp)
+                max_pool2d_bwd(torch.randn_like(y), idx, (28, 28), pp)
+            relu_bwd(x, relu_fwd(x))
     return log
 
 

@@ -31,20 +31,20 @@ GATHER_TILE = 64 * 32
 
 # The tunable keys of each kernel (FASTCONV_TRITON_CONFIG may set these).
 KEYS = {
-    "conv_fwd": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    "conv_dgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    "conv_wgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    "depthwise_fwd": ("BLOCK_M", "BLOCK_N", "num_warps"),
-    "depthwise_dgrad": ("BLOCK_M", "BLOCK_N", "num_warps"),
-    "depthwise_wgrad": ("BLOCK_M", "BLOCK_N", "num_warps"),
-    "bias_grad": ("BLOCK_M", "BLOCK_N", "num_warps"),
-    "max_pool_fwd": ("BLOCK_M", "BLOCK_N", "num_warps"),
-    "max_pool_bwd": ("BLOCK_M", "BLOCK_N", "num_warps"),
+    "conv2d_fwd": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
+    "conv2d_dgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
+    "conv2d_wgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
+    "conv2d_depthwise_fwd": ("BLOCK_M", "BLOCK_N", "num_warps"),
+    "conv2d_depthwise_dgrad": ("BLOCK_M", "BLOCK_N", "num_warps"),
+    "conv2d_depthwise_wgrad": ("BLOCK_M", "BLOCK_N", "num_warps"),
+    "conv2d_bias_grad": ("BLOCK_M", "BLOCK_N", "num_warps"),
+    "max_pool2d_fwd": ("BLOCK_M", "BLOCK_N", "num_warps"),
+    "max_pool2d_bwd": ("BLOCK_M", "BLOCK_N", "num_warps"),
     "relu": ("BLOCK_M", "num_warps"),
 }
 # Block sizes that feed tl.dot (>= 16); every other BLOCK_* only needs to be a power of two.
-DOT_KEYS = {"conv_fwd": ("BLOCK_M", "BLOCK_N", "BLOCK_K"), "conv_dgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
-            "conv_wgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+DOT_KEYS = {"conv2d_fwd": ("BLOCK_M", "BLOCK_N", "BLOCK_K"), "conv2d_dgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+            "conv2d_wgrad": ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
 
 
 def _p2(n: int, lo: int = 16, hi: int = 1 << 30) -> int:
@@ -116,7 +116,7 @@ _BWD_CANDIDATES = _GEMM_CANDIDATES + [
 
 
 @functools.lru_cache(maxsize=None)
-def conv_fwd_configs(M: int, Kg: int, red_k: int, kk: int, esize: int, one_by_one: bool,
+def conv2d_fwd_configs(M: int, Kg: int, red_k: int, kk: int, esize: int, one_by_one: bool,
                      flat: bool = False) -> tuple[dict, ...]:
     """Implicit-GEMM forward: M rows (window-ordered output pixels), Kg columns,
     reduction blocks over red_k (Cg for channel blocks, R*S*Cg when flat, a gather);
@@ -133,7 +133,7 @@ def dc_bytes(esize: int, relu: bool, pool: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def conv_dgrad_configs(M: int, Cg: int, Kg: int, esize: int, one_by_one: bool, a_size: int = 0) -> tuple[dict, ...]:
+def conv2d_dgrad_configs(M: int, Cg: int, Kg: int, esize: int, one_by_one: bool, a_size: int = 0) -> tuple[dict, ...]:
     """Implicit-GEMM dgrad: M input pixels of one stride phase, Cg columns, reduction over Kg per tap;
     a_size = dc_bytes(...) of the A operand."""
     if INTERPRET:
@@ -142,7 +142,7 @@ def conv_dgrad_configs(M: int, Cg: int, Kg: int, esize: int, one_by_one: bool, a
 
 
 @functools.lru_cache(maxsize=None)
-def conv_wgrad_configs(Kg: int, RSC: int, NPQ: int, esize: int, one_by_one: bool, Cg: int = 1,
+def conv2d_wgrad_configs(Kg: int, RSC: int, NPQ: int, esize: int, one_by_one: bool, Cg: int = 1,
                        a_size: int = 0) -> tuple[dict, ...]:
     """Implicit-GEMM wgrad: Kg rows, R*S*Cg columns, reduction (split-K) over N*P*Q.
 
@@ -158,7 +158,7 @@ def conv_wgrad_configs(Kg: int, RSC: int, NPQ: int, esize: int, one_by_one: bool
 
 
 @functools.lru_cache(maxsize=None)
-def depthwise_configs(kernel: str, C: int, kk: int = 1) -> tuple[dict, ...]:
+def conv2d_depthwise_configs(kernel: str, C: int, kk: int = 1) -> tuple[dict, ...]:
     """Direct depthwise kernels: BLOCK_M pixels (>= kk window rows) x BLOCK_N channels."""
     if INTERPRET:
         return (_cfg(max(256, kk), _p2(C, lo=1, hi=64), warps=4),)
@@ -172,7 +172,7 @@ def depthwise_configs(kernel: str, C: int, kk: int = 1) -> tuple[dict, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def bias_grad_configs(K: int) -> tuple[dict, ...]:
+def conv2d_bias_grad_configs(K: int) -> tuple[dict, ...]:
     """Bias-gradient reduction: BLOCK_M pooled pixels x BLOCK_N channels per step."""
     if INTERPRET:
         return (_cfg(256, _p2(K, lo=1, hi=64), warps=4),)
@@ -180,7 +180,7 @@ def bias_grad_configs(K: int) -> tuple[dict, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def max_pool_configs(kernel: str, C: int) -> tuple[dict, ...]:
+def max_pool2d_configs(kernel: str, C: int) -> tuple[dict, ...]:
     """General max-pool forward/backward: BLOCK_M pixels x BLOCK_N channels."""
     if INTERPRET:
         return (_cfg(256, _p2(C, lo=1, hi=64), warps=4),)

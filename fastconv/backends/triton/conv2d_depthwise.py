@@ -32,12 +32,13 @@ from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, grad_operands, load_dc, next_pow2, nhwc_on_gpu, pixel_tile, store_pooled,
                       strides4, window_rows, window_tile_rows)
-from .configs import depthwise_configs
+from ._geom import conv_geom, conv_outputs
+from .configs import conv2d_depthwise_configs
 from .conv2d_wgrad import split_count
 
 
 @triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NWIN", "pad_h", "pad_w"])
-def _depthwise_fwd_kernel(
+def _conv2d_depthwise_fwd_kernel(
     # Pointers
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
     w_ptr,    # [K, R*S] contiguous
@@ -78,7 +79,7 @@ def _depthwise_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NPIX", "pad_h", "pad_w"])
-def _depthwise_dgrad_kernel(
+def _conv2d_depthwise_dgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
     y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
@@ -110,7 +111,7 @@ def _depthwise_dgrad_kernel(
 
 
 @triton.jit(do_not_specialize=["H", "W", "PO", "QO", "PP", "QQ", "NPQ", "CHUNK", "pad_h", "pad_w"])
-def _depthwise_wgrad_kernel(
+def _conv2d_depthwise_wgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
     y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
@@ -160,92 +161,72 @@ def _flat_weight(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], w.shape[2] * w.shape[3]).contiguous()
 
 
-def _key(x, w_shape, p: ConvParams, layout):
-    return (tuple(x.shape), tuple(w_shape), p.stride, p.padding, p.dilation, p.relu, p.pool,
-            str(x.dtype), layout)
-
-
-def depthwise_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: ConvParams):
-    fmt = memory_format_of(x)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    k = p.pool
-    P, Q = p.conv_hw(H, W, R, S)
-    PO, QO = P // k, Q // k
-    y = empty((N, K, PO, QO), x, fmt)
-    idx = empty((N, K, PO, QO), x, fmt, torch.uint8) if k > 1 else torch.empty(0, dtype=torch.uint8,
-                                                                                device=x.device)
+def conv2d_depthwise_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: ConvParams):
+    g = conv_geom(x.shape, w.shape, p)
+    y, idx = conv_outputs(x, g)
     if y.numel() == 0:
         return y, idx
     xk = nhwc_on_gpu(x)
     wf = _flat_weight(w)
-    KK = window_rows(k)
-    NWIN = N * PO * QO
-    args = dict(POOL=k, KK=KK, HAS_BIAS=b is not None, RELU=p.relu)
+    KK = window_rows(g.pool)
+    NWIN = g.N * g.PO * g.QO
+    args = dict(POOL=g.pool, KK=KK, HAS_BIAS=b is not None, RELU=g.relu)
 
     def run(cfg):
         cfg = dict(cfg, BLOCK_M=max(cfg["BLOCK_M"], KK))
-        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(K, cfg["BLOCK_N"]),)
-        _depthwise_fwd_kernel[grid](
-            xk, wf, b if b is not None else wf, y, idx if k > 1 else y,
-            H, W, PO, QO, NWIN, K, K // C, R, S,
-            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(g.K, cfg["BLOCK_N"]),)
+        _conv2d_depthwise_fwd_kernel[grid](
+            xk, wf, b if b is not None else wf, y, idx if g.pool > 1 else y,
+            g.H, g.W, g.PO, g.QO, NWIN, g.K, g.Kg, g.R, g.S, *g.conv,
             *strides4(xk), *strides4(y), **args, **cfg)
 
     with device_guard(x):
-        run(_tune.choose("depthwise_fwd", _key(x, w.shape, p, xk.stride()),
-                         depthwise_configs("depthwise_fwd", K, KK), run, x.device))
+        run(_tune.choose("conv2d_depthwise_fwd", g.key(x.dtype, xk.stride()),
+                         conv2d_depthwise_configs("conv2d_depthwise_fwd", g.K, KK), run, x.device))
     return y, idx
 
 
-def depthwise_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
-    fmt = memory_format_of(x)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    dx = empty(x.shape, x, fmt)
+def conv2d_depthwise_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
+    g = conv_geom(x.shape, w.shape, p)
+    dx = empty(x.shape, x, memory_format_of(x))
     dyk, yk, idxk = grad_operands(dy, y, idx)
     wf = _flat_weight(w)
-    NPIX = N * H * W
-    args = dict(POOL=p.pool, RELU=p.relu)
+    NPIX = g.N * g.H * g.W
+    args = dict(POOL=g.pool, RELU=g.relu)
 
     def run(cfg):
-        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
-        _depthwise_dgrad_kernel[grid](
+        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(g.C, cfg["BLOCK_N"]),)
+        _conv2d_depthwise_dgrad_kernel[grid](
             dyk, yk, idxk, wf, dx,
-            H, W, dy.shape[2], dy.shape[3], NPIX, C, K // C, R, S,
-            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            g.H, g.W, g.PO, g.QO, NPIX, g.C, g.Kg, g.R, g.S, *g.conv,
             *strides4(dyk), *strides4(dx), **args, **cfg)
 
     with device_guard(x):
-        run(_tune.choose("depthwise_dgrad", _key(x, w.shape, p, dyk.stride()),
-                         depthwise_configs("depthwise_dgrad", C), run, x.device))
+        run(_tune.choose("conv2d_depthwise_dgrad", g.key(x.dtype, dyk.stride()),
+                         conv2d_depthwise_configs("conv2d_depthwise_dgrad", g.C), run, x.device))
     return dx
 
 
-def depthwise_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
-    N, C, H, W = x.shape
-    K, _, R, S = w_shape
-    k = p.pool
-    PO, QO = dy.shape[2], dy.shape[3]
-    PP, QQ = PO * k, QO * k
-    NPQ = N * PP * QQ
+def conv2d_depthwise_wgrad(dy, x, w_shape, y, idx, p: ConvParams) -> torch.Tensor:
+    g = conv_geom(x.shape, w_shape, p)
+    PP, QQ = g.PO * g.pool, g.QO * g.pool
+    NPQ = g.N * PP * QQ
     xk = nhwc_on_gpu(x)
     dyk, yk, idxk = grad_operands(dy, y, idx)
-    dw_acc = torch.empty((K, R * S), dtype=torch.float32, device=x.device)
-    args = dict(POOL=k, RELU=p.relu, RS_P2=next_pow2(R * S))
+    dw_acc = torch.empty((g.K, g.R * g.S), dtype=torch.float32, device=x.device)
+    args = dict(POOL=g.pool, RELU=g.relu, RS_P2=next_pow2(g.R * g.S))
 
     def run(cfg):
-        tiles = cdiv(K, cfg["BLOCK_N"])
+        tiles = cdiv(g.K, cfg["BLOCK_N"])
         split = split_count(tiles, NPQ, cfg["BLOCK_M"], x.device)
         chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
         dw_acc.zero_()
-        _depthwise_wgrad_kernel[(tiles, cdiv(NPQ, chunk))](
+        _conv2d_depthwise_wgrad_kernel[(tiles, cdiv(NPQ, chunk))](
             dyk, yk, idxk, xk, dw_acc,
-            H, W, PO, QO, PP, QQ, NPQ, chunk, K, K // C, R, S,
-            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            g.H, g.W, g.PO, g.QO, PP, QQ, NPQ, chunk, g.K, g.Kg, g.R, g.S, *g.conv,
             *strides4(dyk), *strides4(xk), **args, **cfg)
 
     with device_guard(x):
-        run(_tune.choose("depthwise_wgrad", _key(x, w_shape, p, xk.stride()),
-                         depthwise_configs("depthwise_wgrad", K), run, x.device))
-    return dw_acc.view(K, 1, R, S).to(x.dtype)
+        run(_tune.choose("conv2d_depthwise_wgrad", g.key(x.dtype, xk.stride()),
+                         conv2d_depthwise_configs("conv2d_depthwise_wgrad", g.K), run, x.device))
+    return dw_acc.view(g.K, 1, g.R, g.S).to(x.dtype)

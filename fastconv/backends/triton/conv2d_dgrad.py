@@ -41,8 +41,9 @@ from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, grad_operands, load_dc, mma, next_pow2, strides4,
                       pixel_tile, upcast_dot, unvec, vec_args)
+from ._geom import conv_geom
 from ._pack import packed_weight
-from .configs import conv_dgrad_configs, dc_bytes
+from .configs import conv2d_dgrad_configs, dc_bytes
 
 
 @triton.jit
@@ -59,7 +60,7 @@ def _first_tap(ph, pad, dil, stride, R, STEP, OFF, STEP_P2: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["H", "W", "PO", "QO", "HB", "WB", "NPIX", "pad_h", "pad_w", "OFF_H", "OFF_W"])
-def _conv_dgrad_kernel(
+def _conv2d_dgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
     y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
@@ -121,35 +122,29 @@ def phase_steps(stride: int, dil: int, R: int) -> tuple[int, int, int]:
 
 def conv2d_dgrad(dy, x, w, y, idx, p: ConvParams) -> torch.Tensor:
     """dx [N, C, H, W] in x's memory format."""
-    fmt = memory_format_of(x)
-    N, C, H, W = x.shape
-    K, Cg, R, S = w.shape
-    G, k = p.groups, p.pool
-    Kg = K // G
-    PO, QO = dy.shape[2], dy.shape[3]
-    dx = empty(x.shape, x, fmt)
+    g = conv_geom(x.shape, w.shape, p)
+    dx = empty(x.shape, x, memory_format_of(x))
     dyk, yk, idxk = grad_operands(dy, y, idx)
     wp = packed_weight(w)
-    vec, cg_v, x_strides = vec_args(dx, Cg)
-    sh, sw = p.stride
-    HB, WB = -(-H // sh), -(-W // sw)
-    NPIX = N * HB * WB
-    rstep, qstep_h, off_h = phase_steps(sh, p.dilation[0], R)
-    sstep, qstep_w, off_w = phase_steps(sw, p.dilation[1], S)
-    cfgs = conv_dgrad_configs(NPIX, Cg, Kg, x.element_size(), R == S == 1, dc_bytes(x.element_size(), p.relu, k))
-    key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), dyk.stride())
-    args = dict(POOL=k, RELU=p.relu, STEP_P2=next_pow2(max(rstep, sstep)),
+    vec, cg_v, x_strides = vec_args(dx, g.Cg)
+    sh, sw, _, _, dh, dw = g.conv
+    HB, WB = -(-g.H // sh), -(-g.W // sw)
+    NPIX = g.N * HB * WB
+    rstep, qstep_h, off_h = phase_steps(sh, dh, g.R)
+    sstep, qstep_w, off_w = phase_steps(sw, dw, g.S)
+    cfgs = conv2d_dgrad_configs(NPIX, g.Cg, g.Kg, x.element_size(), g.R == g.S == 1,
+                                dc_bytes(x.element_size(), g.relu, g.pool))
+    args = dict(POOL=g.pool, RELU=g.relu, STEP_P2=next_pow2(max(rstep, sstep)),
                 PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
 
     def run(cfg):
-        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(Cg, cfg["BLOCK_N"]), sh * sw, G)
-        _conv_dgrad_kernel[grid](
+        grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(g.Cg, cfg["BLOCK_N"]), sh * sw, g.G)
+        _conv2d_dgrad_kernel[grid](
             dyk, yk, idxk, wp, dx,
-            H, W, PO, QO, HB, WB, NPIX, cg_v, Kg, R, S,
-            sh, sw, p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            g.H, g.W, g.PO, g.QO, HB, WB, NPIX, cg_v, g.Kg, g.R, g.S, *g.conv,
             rstep, sstep, qstep_h, qstep_w, off_h, off_w,
             *strides4(dyk), *x_strides, VEC=vec, **args, **cfg)
 
     with device_guard(x):
-        run(_tune.choose("conv_dgrad", key, cfgs, run, x.device))
+        run(_tune.choose("conv2d_dgrad", g.key(x.dtype, dyk.stride()), cfgs, run, x.device))
     return dx

@@ -1,19 +1,19 @@
-"""Fused conv2d forward as an implicit GEMM: y = pool_k(relu(conv(x, w) + b)).
+"""Fused conv2d forward as an implicit GEMM: y = pool_POOL(relu(conv(x, w) + b)).
 
 The GEMM, per group g (grid axis 1)::
 
-              N = Kg output channels (BLOCK_N)
+              Kg output channels (BLOCK_N)
              +------------------+
     M rows   | acc = A @ B      |   A[m, (r, s, c)] = x[n, g*Cg + c, oh*sh - pt + r*dh, ow*sw - pl + s*dw]
     (BLOCK_M)|                  |                     (0 outside the input: the padding)
              +------------------+   B[(r, s, c), k] = w[g*Kg + k, c, r, s] = packed[k, r, s, c]
-      reduction K = R*S*Cg (BLOCK_K)
+      reduction over R*S*Cg (BLOCK_K)
 
 * M = N*PO*QO*KK rows: one row per conv output pixel (n, oh, ow) that some
   pooling window covers, ordered window by window: row m of tile pid_m is
-  element e = m % KK of window pid_m*BW + m // KK, with (di, dj) = divmod(e, k)
-  and (oh, ow) = (k*po + di, k*qo + dj); KK = k*k rounded up to a power of two
-  (rows e >= k*k are padding, never loaded). Without pooling KK = 1 and the
+  element e = m % KK of window pid_m*BW + m // KK, with (di, dj) = divmod(e, POOL)
+  and (oh, ow) = (POOL*po + di, POOL*qo + dj); KK = POOL^2 rounded up to a power
+  of two (rows e >= POOL^2 are padding, never loaded). Without pooling KK = 1 and the
   rows are the plain (n, oh, ow). Conv outputs on the ragged edge (past the last
   full window) are neither computed nor stored.
 * The reduction walks the taps either as (r, s, channel block) -- each step one
@@ -37,20 +37,21 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._layout import empty, memory_format_of
 from ..._params import ConvParams
 from . import _tune
 from ._common import (cdiv, device_guard, dot_precision, mma, nhwc_on_gpu, store_pooled, strides4, upcast_dot,
                       unvec, vec_args, window_rows, window_tile_rows)
+from ._geom import conv_geom, conv_outputs
+from .conv2d_depthwise import conv2d_depthwise_fwd
 from ._pack import packed_weight
-from .configs import conv_fwd_configs
+from .configs import conv2d_fwd_configs
 
 # Below this many channels per group the reduction is flattened over (r, s, c).
 FLAT_BELOW_CG = 16
 
 
 @triton.jit(do_not_specialize=["H", "W", "PO", "QO", "NWIN", "pad_h", "pad_w"])
-def _conv_fwd_kernel(
+def _conv2d_fwd_kernel(
     # Pointers
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
     w_ptr,    # [K, R, S, Cg] packed, contiguous
@@ -120,39 +121,33 @@ def _conv_fwd_kernel(
 
 
 def conv2d_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: ConvParams):
-    """(y, idx) of the fused op; y and idx keep x's memory format, idx is empty without pooling."""
-    fmt = memory_format_of(x)
-    N, C, H, W = x.shape
-    K, Cg, R, S = w.shape
-    G, k = p.groups, p.pool
-    Kg = K // G
-    P, Q = p.conv_hw(H, W, R, S)
-    PO, QO = P // k, Q // k
-    y = empty((N, K, PO, QO), x, fmt)
-    idx = empty((N, K, PO, QO), x, fmt, torch.uint8) if k > 1 else torch.empty(0, dtype=torch.uint8,
-                                                                                device=x.device)
+    """(y, idx) of the fused op; y and idx keep x's memory format, idx is empty without pooling.
+    Depthwise convs run the conv2d_depthwise kernel."""
+    g = conv_geom(x.shape, w.shape, p)
+    if g.depthwise:
+        return conv2d_depthwise_fwd(x, w, b, p)
+    y, idx = conv_outputs(x, g)
     if y.numel() == 0:
         return y, idx
     xk = nhwc_on_gpu(x)
     wp = packed_weight(w)
-    vec, cg_v, x_strides = vec_args(xk, Cg)
-    KK = window_rows(k)
-    NWIN = N * PO * QO
-    flat = Cg < FLAT_BELOW_CG
-    cfgs = conv_fwd_configs(NWIN * KK, Kg, R * S * Cg if flat else Cg, KK, x.element_size(), R == S == 1, flat)
-    key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
-    args = dict(POOL=k, KK=KK, HAS_BIAS=b is not None, RELU=p.relu, FLAT=flat,
+    vec, cg_v, x_strides = vec_args(xk, g.Cg)
+    KK = window_rows(g.pool)
+    NWIN = g.N * g.PO * g.QO
+    flat = g.Cg < FLAT_BELOW_CG
+    cfgs = conv2d_fwd_configs(NWIN * KK, g.Kg, g.R * g.S * g.Cg if flat else g.Cg, KK, x.element_size(),
+                              g.R == g.S == 1, flat)
+    args = dict(POOL=g.pool, KK=KK, HAS_BIAS=b is not None, RELU=g.relu, FLAT=flat,
                 PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
 
     def run(cfg):
         cfg = dict(cfg, BLOCK_M=max(cfg["BLOCK_M"], KK))
-        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(Kg, cfg["BLOCK_N"]), G)
-        _conv_fwd_kernel[grid](
-            xk, wp, b if b is not None else wp, y, idx if k > 1 else y,
-            H, W, PO, QO, NWIN, cg_v, Kg, R, S,
-            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+        grid = (cdiv(NWIN, cfg["BLOCK_M"] // KK) * cdiv(g.Kg, cfg["BLOCK_N"]), g.G)
+        _conv2d_fwd_kernel[grid](
+            xk, wp, b if b is not None else wp, y, idx if g.pool > 1 else y,
+            g.H, g.W, g.PO, g.QO, NWIN, cg_v, g.Kg, g.R, g.S, *g.conv,
             *x_strides, *strides4(y), VEC=vec, **args, **cfg)
 
     with device_guard(x):
-        run(_tune.choose("conv_fwd", key, cfgs, run, x.device))
+        run(_tune.choose("conv2d_fwd", g.key(x.dtype, xk.stride()), cfgs, run, x.device))
     return y, idx

@@ -14,7 +14,7 @@ wgrad, an implicit GEMM with split-K over the conv output pixels::
 
 The columns use the flattened index (r*S + s)*Cg + c of the packed weight, so
 small-C filters fill whole tiles. Only the conv outputs inside pooling windows
-(oh < PO*k, ow < QO*k) are visited; the ragged edge has dC = 0. dC is rebuilt
+(oh < PO*POOL, ow < QO*POOL) are visited; the ragged edge has dC = 0. dC is rebuilt
 from (dy, y, idx) per tile, never stored. The tile is stored straight into dw
 [K, Cg, R, S] (element (k, c, r, s) at k*Cg*R*S + c*R*S + r*S + s): in dw's
 dtype with one chunk, or, split in SPLIT chunks, added in fp32 with atomics
@@ -27,7 +27,7 @@ tiles it loads anyway and stores (or atomically adds) db like dw: no separate
 pass over dy, which is as large as the layer's whole input gradient traffic
 there. Otherwise (several column tiles would sum the same rows, and a per-tile
 branch costs registers) it is one reduction over the pooled gradient
-(``_bias_grad_kernel``): exactly one element of each window receives dy, so
+(``_conv2d_bias_grad_kernel``): exactly one element of each window receives dy, so
 sum_window dC = dy * (not RELU or not y <= 0) and
 
     db[k] = sum over (n, po, qo) of dy[n, k, po, qo] * (not RELU or not y[n, k, po, qo] <= 0)
@@ -48,11 +48,12 @@ from ..._params import ConvParams
 from . import _tune
 from ._common import (INTERPRET, cdiv, device_guard, dot_precision, grad_operands, load_dc, mma, nhwc_on_gpu,
                       strides4, upcast_dot, unvec, vec_args)
-from .configs import bias_grad_configs, conv_wgrad_configs, dc_bytes
+from ._geom import conv_geom
+from .configs import conv2d_bias_grad_configs, conv2d_wgrad_configs, dc_bytes
 
 
 @triton.jit(do_not_specialize=["H", "W", "PO", "QO", "PP", "QQ", "NPQ", "CHUNK", "pad_h", "pad_w"])
-def _conv_wgrad_kernel(
+def _conv2d_wgrad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
     y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
@@ -140,7 +141,7 @@ def _conv_wgrad_kernel(
 
 
 @triton.jit(do_not_specialize=["NOUT", "PO", "QO", "CHUNK"])
-def _bias_grad_kernel(
+def _conv2d_bias_grad_kernel(
     # Pointers
     dy_ptr,   # [N, K, PO, QO], strides (sdn, sdk, sdh, sdw)
     y_ptr,    # [N, K, PO, QO] pooled output (read only when RELU)
@@ -184,44 +185,39 @@ def split_count(tiles: int, reduction: int, block: int, device: torch.device) ->
 
 def conv2d_wgrad(dy, x, w_shape, y, idx, p: ConvParams, with_bias: bool = False):
     """(dw [K, Cg, R, S] contiguous, db [K] or None) in x's dtype; db only ``with_bias``."""
-    N, C, H, W = x.shape
-    K, Cg, R, S = w_shape
-    G, k = p.groups, p.pool
-    Kg = K // G
-    RSC = R * S * Cg
-    PO, QO = dy.shape[2], dy.shape[3]
-    PP, QQ = PO * k, QO * k
-    NPQ = N * PP * QQ
+    g = conv_geom(x.shape, w_shape, p)
+    RSC = g.R * g.S * g.Cg
+    PP, QQ = g.PO * g.pool, g.QO * g.pool
+    NPQ = g.N * PP * QQ
     xk = nhwc_on_gpu(x)
     dyk, yk, idxk = grad_operands(dy, y, idx)
-    vec, cg_v, x_strides = vec_args(xk, Cg)
-    cfgs = conv_wgrad_configs(Kg, RSC, NPQ, x.element_size(), R == S == 1, Cg, dc_bytes(x.element_size(), p.relu, k))
-    key = (N, C, H, W, K, R, S, p.stride, p.padding, p.dilation, G, p.relu, k, str(x.dtype), xk.stride())
-    args = dict(POOL=k, RELU=p.relu, PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
+    vec, cg_v, x_strides = vec_args(xk, g.Cg)
+    cfgs = conv2d_wgrad_configs(g.Kg, RSC, NPQ, x.element_size(), g.R == g.S == 1, g.Cg,
+                                dc_bytes(x.element_size(), g.relu, g.pool))
+    args = dict(POOL=g.pool, RELU=g.relu, PRECISION=dot_precision(x.dtype, x.device), UPCAST=upcast_dot(x.dtype))
 
     def run(cfg):
         fuse_db = with_bias and RSC <= cfg["BLOCK_N"]
-        tiles = cdiv(Kg, cfg["BLOCK_M"]) * cdiv(RSC, cfg["BLOCK_N"])
-        split = split_count(tiles * G, NPQ, cfg["BLOCK_K"], x.device)
+        tiles = cdiv(g.Kg, cfg["BLOCK_M"]) * cdiv(RSC, cfg["BLOCK_N"])
+        split = split_count(tiles * g.G, NPQ, cfg["BLOCK_K"], x.device)
         chunk = cdiv(cdiv(NPQ, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
         split = cdiv(NPQ, chunk)
         # one chunk stores the final dw / db; several add into zeroed fp32 ones
         acc_dtype = torch.float32 if split > 1 else x.dtype
         make = torch.zeros if split > 1 else torch.empty
         dw = make(w_shape, dtype=acc_dtype, device=x.device)
-        db = make(K, dtype=acc_dtype, device=x.device) if fuse_db else dw
-        _conv_wgrad_kernel[(tiles, split, G)](
+        db = make(g.K, dtype=acc_dtype, device=x.device) if fuse_db else dw
+        _conv2d_wgrad_kernel[(tiles, split, g.G)](
             dyk, yk, idxk, xk, dw, db,
-            H, W, PO, QO, PP, QQ, NPQ, chunk, cg_v, Kg, R, S,
-            p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+            g.H, g.W, g.PO, g.QO, PP, QQ, NPQ, chunk, cg_v, g.Kg, g.R, g.S, *g.conv,
             *strides4(dyk), *x_strides, ATOMIC=split > 1,
-            ONE_TAP=Cg % cfg["BLOCK_N"] == 0, HAS_DB=fuse_db, VEC=vec, **args, **cfg)
+            ONE_TAP=g.Cg % cfg["BLOCK_N"] == 0, HAS_DB=fuse_db, VEC=vec, **args, **cfg)
         if fuse_db:
             return dw.to(x.dtype), db.to(x.dtype)
         return dw.to(x.dtype), (conv2d_bias_grad(dy, y, p) if with_bias else None)
 
     with device_guard(x):
-        return run(_tune.choose("conv_wgrad", key, cfgs, run, x.device))
+        return run(_tune.choose("conv2d_wgrad", g.key(x.dtype, xk.stride()), cfgs, run, x.device))
 
 
 def conv2d_bias_grad(dy, y, p: ConvParams) -> torch.Tensor:
@@ -230,11 +226,11 @@ def conv2d_bias_grad(dy, y, p: ConvParams) -> torch.Tensor:
     dyk, yk, _ = grad_operands(dy, y, None)
     NOUT = N * PO * QO
     db = torch.zeros(K, dtype=torch.float32, device=dy.device)
-    cfg = _tune.choose("bias_grad", (K,), bias_grad_configs(K), lambda c: None, dy.device)
+    cfg = _tune.choose("conv2d_bias_grad", (K,), conv2d_bias_grad_configs(K), lambda c: None, dy.device)
     col_tiles = cdiv(K, cfg["BLOCK_N"])
     split = split_count(col_tiles, NOUT, cfg["BLOCK_M"], dy.device)
     chunk = cdiv(cdiv(NOUT, split), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
     with device_guard(dy):
-        _bias_grad_kernel[(col_tiles, cdiv(NOUT, chunk))](
+        _conv2d_bias_grad_kernel[(col_tiles, cdiv(NOUT, chunk))](
             dyk, yk, db, NOUT, PO, QO, K, chunk, *strides4(dyk), RELU=p.relu, **cfg)
     return db.to(dy.dtype)

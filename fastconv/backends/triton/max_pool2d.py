@@ -31,11 +31,11 @@ from ..._layout import empty, memory_format_of
 from ..._params import PoolParams
 from . import _tune
 from ._common import cdiv, device_guard, pixel_tile, strides4
-from .configs import max_pool_configs
+from .configs import max_pool2d_configs
 
 
 @triton.jit(do_not_specialize=["H", "W", "OH", "OW", "NOUT", "pad_h", "pad_w"])
-def _max_pool_fwd_kernel(
+def _max_pool2d_fwd_kernel(
     # Pointers
     x_ptr,    # [N, C, H, W], strides (sxn, sxc, sxh, sxw)
     y_ptr,    # [N, C, OH, OW], strides (syn, syc, syh, syw)
@@ -74,7 +74,7 @@ def _max_pool_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["H", "W", "OH", "OW", "NPIX", "pad_h", "pad_w"])
-def _max_pool_bwd_kernel(
+def _max_pool2d_bwd_kernel(
     # Pointers
     dy_ptr,   # [N, C, OH, OW], strides (syn, syc, syh, syw)
     idx_ptr,  # [N, C, OH, OW] int32, same strides as dy
@@ -119,13 +119,13 @@ def max_pool2d_fwd(x: torch.Tensor, p: PoolParams):
 
     def run(cfg):
         grid = (cdiv(NOUT, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
-        _max_pool_fwd_kernel[grid](
+        _max_pool2d_fwd_kernel[grid](
             x, y, idx, C, H, W, OH, OW, NOUT, *p.kernel, *p.stride, *p.padding, *p.dilation,
             *strides4(x), *strides4(y), **cfg)
 
     key = (tuple(x.shape), p, str(x.dtype), x.stride())
     with device_guard(x):
-        run(_tune.choose("max_pool_fwd", key, max_pool_configs("max_pool_fwd", C), run, x.device))
+        run(_tune.choose("max_pool2d_fwd", key, max_pool2d_configs("max_pool2d_fwd", C), run, x.device))
     return y, idx
 
 
@@ -142,11 +142,11 @@ def max_pool2d_bwd(dy: torch.Tensor, idx: torch.Tensor, input_hw, p: PoolParams)
 
     def run(cfg):
         grid = (cdiv(NPIX, cfg["BLOCK_M"]) * cdiv(C, cfg["BLOCK_N"]),)
-        _max_pool_bwd_kernel[grid](
+        _max_pool2d_bwd_kernel[grid](
             dy, idx, dx, C, H, W, OH, OW, NPIX, NH, NW, *p.stride, *p.padding,
             *strides4(dy), *strides4(dx), **cfg)
 
     key = (tuple(dy.shape), tuple(input_hw), p, str(dy.dtype), dy.stride())
     with device_guard(dy):
-        run(_tune.choose("max_pool_bwd", key, max_pool_configs("max_pool_bwd", C), run, dy.device))
+        run(_tune.choose("max_pool2d_bwd", key, max_pool2d_configs("max_pool2d_bwd", C), run, dy.device))
     return dx

@@ -1,4 +1,4 @@
-// The tiled direct convolution with the fused bias / relu / max-pool epilogue.
+// The tile convolution with the fused bias / relu / max-pool epilogue.
 //
 //   y[n,k,po,qo] = act(max_{di,dj < pool} C[n,k,po*pool+di,qo*pool+dj] + b[k])
 //   C[n,k,p,q]   = sum_{c < CG, r < R, s < S} src[n, g*CG+c, p*sh-pt+r*dh, q*sw-pl+s*dw] * w[k,c,r,s]
@@ -6,7 +6,7 @@
 //   with g = k / KG the group of k. pool == 1 stores C (+ b, act) itself.
 //
 // It runs the fused forward (src = x) and dgrad (src = the zero-inserted,
-// unpooled dC, w flipped and transposed per group, stride 1; see conv_bwd.cu).
+// unpooled dC, w flipped and transposed per group, stride 1; see conv2d_bwd.cu).
 //
 // Work split. A block owns one image n, a tile of TWY x TWX *cells* and a
 // block of KB output channels:
@@ -46,16 +46,14 @@
 // are 64-bit.
 #pragma once
 
-#include "conv_sources.cuh"
+#include "conv2d_sources.cuh"
+#include "conv2d_tile_plan.h"
 
 namespace fastconv {
 namespace cuda {
 
-// Output channels one thread accumulates for a PT x PT patch (<= 32 accumulators).
-__host__ __device__ constexpr int direct_kt(int PT) { return PT <= 2 ? 8 : 4; }
-
 template <typename T, typename Src>
-struct DirectArgs {
+struct TileArgs {
   // Pointers
   Src src;                        // input [N, C, H, W] (x, or the virtual dC of dgrad)
   const T* w;                     // [K, CG, R, S] contiguous
@@ -71,7 +69,7 @@ struct DirectArgs {
   bool relu;
   bool src_cl;                    // src is channels-fastest: tile loads walk channels first
   bool vec_x;                     // 16-byte tile loads (TensorSource only; checked by the host)
-  // Tiling (DirectPlan)
+  // Tiling (TilePlan)
   int SP;                         // sub-passes per window side: pool == SP * PT (1 when pool == 1)
   int TWY, TWX;                   // cells per tile
   int tilesX, nTiles;             // tiles across one image, tiles per image
@@ -89,7 +87,7 @@ struct DirectArgs {
 // neighbouring 16-byte pieces); the scalar path gives each thread whole pixels
 // (neighbouring threads: neighbouring pixels, conflict-free shared stores).
 template <typename T, typename Src>
-__device__ __forceinline__ void load_x_reg(acc_t<T>* xs, const DirectArgs<T, Src>& a, int64_t n,
+__device__ __forceinline__ void load_x_reg(acc_t<T>* xs, const TileArgs<T, Src>& a, int64_t n,
                                            int c_first, int cnum, int h0, int w0) {
   using A = acc_t<T>;
   const int NT = blockDim.x, tid = threadIdx.x;
@@ -128,7 +126,7 @@ __device__ __forceinline__ void load_x_reg(acc_t<T>* xs, const DirectArgs<T, Src
 // for output channels kstart + slot < kend, 0 for the slots past them (KB is a
 // multiple of 4).
 template <typename T, typename Src>
-__device__ __forceinline__ void load_x_dw(acc_t<T>* xs, const DirectArgs<T, Src>& a, int64_t n,
+__device__ __forceinline__ void load_x_dw(acc_t<T>* xs, const TileArgs<T, Src>& a, int64_t n,
                                           int kstart, int kend, int h0, int w0) {
   using A = acc_t<T>;
   const int NT = blockDim.x, tid = threadIdx.x;
@@ -180,9 +178,9 @@ __device__ __forceinline__ void load_x_dw(acc_t<T>* xs, const DirectArgs<T, Src>
 // --------------------------------------------------------------------------- kernel
 
 template <typename T, typename Src, int PT, bool DW>
-__global__ void __launch_bounds__(kThreads) direct_conv_kernel(const DirectArgs<T, Src> a) {
+__global__ void __launch_bounds__(kThreads) conv2d_tile_kernel(const TileArgs<T, Src> a) {
   using A = acc_t<T>;
-  constexpr int KT = direct_kt(PT);
+  constexpr int KT = tile_kt(PT);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* xs = reinterpret_cast<A*>(smem_raw);
   A* ws = xs + a.xs_elems;
@@ -379,26 +377,13 @@ __global__ void __launch_bounds__(kThreads) direct_conv_kernel(const DirectArgs<
   }
 }
 
-// --------------------------------------------------------------------------- planner
-
-// The shape a plan is made for (forward: the conv; dgrad: the transposed conv).
-struct DirectShape {
-  int64_t N;
-  int K, KG, CG, groups, R, S;
-  int P, Q, PO, QO;
-  int sh, sw, dh, dw;
-  int pool;
-  int elem;          // bytes of the accumulator type (4 or 8)
-  int vec;           // elements of T in 16 bytes
-  bool dw_mode;      // CG == 1: the DW layout
-  bool vec_ok;       // the source allows 16-byte channel loads (channels_last, aligned)
-};
+// --------------------------------------------------------------------------- launcher
 
 // The planner's view of a launch, read off its arguments (dw_mode: one input
 // channel per group, the DW layout).
 template <typename T, typename Src>
-inline DirectShape direct_shape(const DirectArgs<T, Src>& a, int64_t N, int groups, bool vec_ok) {
-  DirectShape s{};
+inline TileShape tile_shape(const TileArgs<T, Src>& a, int64_t N, int groups, bool vec_ok) {
+  TileShape s{};
   s.N = N;
   s.K = a.K;
   s.KG = a.KG;
@@ -422,141 +407,13 @@ inline DirectShape direct_shape(const DirectArgs<T, Src>& a, int64_t N, int grou
   return s;
 }
 
-struct DirectPlan {
-  int PT, SP, KT;
-  int TWY, TWX, KB, CB, RB, SB;
-  int IH, IW, xs_elems, threads;
-  int tilesX, nTiles, nKB, nKBg;
-  int64_t nBlocks;
-  size_t smem;
-  bool vec_x;
-};
-
-constexpr int64_t kDirectSmemBudget = 48 * 1024;  // no opt-in needed, leaves room for several blocks per SM
-
-inline int pow2_at_least(int64_t v) {
-  int p = 1;
-  while (p < v && p < (1 << 30)) p <<= 1;
-  return p;
-}
-
-inline int64_t round_up64(int64_t v, int64_t m) { return ceil_div64(v, m) * m; }
-
-// Input tile rows / cols and shared-memory bytes of a (partial) plan.
-inline int64_t direct_smem_bytes(DirectPlan& pl, const DirectShape& s) {
-  const int64_t CP = s.pool > 1 ? s.pool : pl.PT;
-  const int64_t IH = (pl.TWY - 1) * CP * s.sh + (pl.PT - 1) * int64_t(s.sh) + (pl.RB - 1) * int64_t(s.dh) + 1;
-  const int64_t IW = (pl.TWX - 1) * CP * s.sw + (pl.PT - 1) * int64_t(s.sw) + (pl.SB - 1) * int64_t(s.dw) + 1;
-  const int64_t xs = round_up64(s.dw_mode ? IH * IW * pl.KB : IH * IW * pl.CB, 4);
-  const int64_t wsz = s.dw_mode ? int64_t(pl.RB) * pl.SB * pl.KB : int64_t(pl.CB) * pl.RB * pl.SB * pl.KT;
-  if (IH * IW > (int64_t(1) << 30)) return std::numeric_limits<int64_t>::max();
-  pl.IH = int(IH);
-  pl.IW = int(IW);
-  pl.xs_elems = int(std::min<int64_t>(xs, int64_t(1) << 30));
-  return (xs + wsz) * s.elem;
-}
-
-// Fit a plan with thread patch PT into the shared-memory budget; false if even
-// one cell with a 1 x 1 filter chunk does not fit (large strides with PT > 1).
-inline bool fit_direct(DirectPlan& pl, const DirectShape& s, int PT) {
-  pl.PT = PT;
-  pl.SP = s.pool > 1 ? s.pool / PT : 1;
-  pl.KT = direct_kt(PT);
-  const int64_t CY = s.pool > 1 ? s.PO : ceil_div64(s.P, PT);
-  const int64_t CX = s.pool > 1 ? s.QO : ceil_div64(s.Q, PT);
-  pl.KB = s.dw_mode ? int(std::min<int64_t>(32, round_up64(s.K, pl.KT))) : pl.KT;
-  auto nsub = [&] { return s.dw_mode ? pl.KB / pl.KT : 1; };
-  pl.TWX = std::min(pow2_at_least(CX), std::min(32, kThreads / nsub()));
-  pl.TWY = std::min(pow2_at_least(CY), kThreads / nsub() / pl.TWX);
-  pl.RB = s.R;
-  pl.SB = s.S;
-  pl.CB = 1;
-  const int64_t budget = kDirectSmemBudget;
-  for (;;) {
-    pl.CB = 1;
-    int64_t bytes = direct_smem_bytes(pl, s);
-    if (!s.dw_mode && bytes <= budget) {
-      // as many input channels per pass as fit (a multiple of the vector width when it can be)
-      const int64_t per_c = (int64_t(pl.IH) * pl.IW + int64_t(pl.RB) * pl.SB * pl.KT) * s.elem;
-      int64_t cb = std::min<int64_t>(std::max(s.CG, 1), (budget - 16 * s.elem) / per_c);
-      if (s.vec_ok && s.CG % s.vec == 0 && cb >= s.vec) cb = cb / s.vec * s.vec;
-      pl.CB = int(std::max<int64_t>(cb, 1));
-      bytes = direct_smem_bytes(pl, s);
-    }
-    if (bytes <= budget) break;
-    if (pl.TWY * pl.TWX * nsub() > 64) {
-      if (pl.TWY >= pl.TWX) pl.TWY /= 2; else pl.TWX /= 2;
-    } else if (s.dw_mode && pl.KB > pl.KT) {
-      pl.KB = int(round_up64(pl.KB / 2, pl.KT));
-    } else if (pl.RB > 1) {
-      pl.RB = ceil_div(pl.RB, 2);
-    } else if (pl.SB > 1) {
-      pl.SB = ceil_div(pl.SB, 2);
-    } else if (pl.TWY > 1 || pl.TWX > 1) {
-      if (pl.TWY >= pl.TWX) pl.TWY /= 2; else pl.TWX /= 2;
-    } else {
-      return false;
-    }
-  }
-  return true;
-}
-
-inline void finish_direct(DirectPlan& pl, const DirectShape& s) {
-  const int64_t CY = s.pool > 1 ? s.PO : ceil_div64(s.P, pl.PT);
-  const int64_t CX = s.pool > 1 ? s.QO : ceil_div64(s.Q, pl.PT);
-  const int64_t want = 2 * int64_t(sm_count());
-  auto blocks = [&] {
-    pl.nKBg = s.dw_mode ? 1 : int(ceil_div64(s.KG, pl.KB));
-    pl.nKB = s.dw_mode ? int(ceil_div64(s.K, pl.KB)) : s.groups * pl.nKBg;
-    pl.tilesX = int(ceil_div64(CX, pl.TWX));
-    pl.nTiles = int(ceil_div64(CY, pl.TWY)) * pl.tilesX;
-    return s.N * pl.nTiles * pl.nKB;
-  };
-  if (!s.dw_mode) {
-    const bool x_once = pl.CB >= s.CG && pl.RB == s.R && pl.SB == s.S && pl.SP == 1;
-    // one input tile serves up to 64 channels; split them while the device would be idle
-    pl.KB = x_once ? int(std::min<int64_t>(64, round_up64(std::max(s.KG, 1), pl.KT))) : pl.KT;
-    while (pl.KB > pl.KT && blocks() < want) pl.KB = int(round_up64(pl.KB / 2, pl.KT));
-  }
-  const int nsub = s.dw_mode ? pl.KB / pl.KT : 1;
-  while (blocks() < want && pl.TWY * pl.TWX * nsub > 64) {
-    if (pl.TWY >= pl.TWX) pl.TWY /= 2; else pl.TWX /= 2;
-  }
-  pl.nBlocks = blocks();
-  pl.smem = size_t(direct_smem_bytes(pl, s));
-  pl.threads = nsub * pl.TWY * pl.TWX;
-  pl.vec_x = s.vec_ok && (s.dw_mode ? (s.KG == 1 && s.K % s.vec == 0 && pl.KB % s.vec == 0)
-                                    : (s.CG % s.vec == 0 && pl.CB % s.vec == 0));
-}
-
-// Thread patch PT for a pool: the largest of 4, 3, 2 dividing it (pool == 1: 2).
-inline int preferred_pt(int pool) {
-  if (pool == 1) return 2;
-  for (int pt : {4, 3, 2})
-    if (pool % pt == 0) return pt;
-  return 1;
-}
-
-// The plan for a shape: the preferred thread patch, else PT = 1 (whose
-// smallest tile is a single input pixel per pass, so it always fits).
-inline DirectPlan plan_direct(const DirectShape& s) {
-  DirectPlan pl{};
-  if (!fit_direct(pl, s, preferred_pt(s.pool))) {
-    TORCH_CHECK(fit_direct(pl, s, 1), "fastconv (cuda): no shared-memory tiling fits this conv");
-  }
-  finish_direct(pl, s);
-  return pl;
-}
-
-// --------------------------------------------------------------------------- launcher
-
 template <typename T, typename Src, int PT>
-void launch_direct_pt(const DirectArgs<T, Src>& a, const DirectPlan& pl, bool dw_mode, cudaStream_t stream) {
+void launch_tile_pt(const TileArgs<T, Src>& a, const TilePlan& pl, bool dw_mode, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(pl.nBlocks, kMaxGrid));
   if (dw_mode) {
-    direct_conv_kernel<T, Src, PT, true><<<grid, pl.threads, pl.smem, stream>>>(a);
+    conv2d_tile_kernel<T, Src, PT, true><<<grid, pl.threads, pl.smem, stream>>>(a);
   } else {
-    direct_conv_kernel<T, Src, PT, false><<<grid, pl.threads, pl.smem, stream>>>(a);
+    conv2d_tile_kernel<T, Src, PT, false><<<grid, pl.threads, pl.smem, stream>>>(a);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -564,8 +421,8 @@ void launch_direct_pt(const DirectArgs<T, Src>& a, const DirectPlan& pl, bool dw
 // Fill a's tiling from the plan and launch. Tensor sources (the forward) have
 // every thread patch 1..4; the dgrad source only 1 and 2 (pool == 1 there).
 template <typename T, typename Src>
-void launch_direct(DirectArgs<T, Src> a, const DirectPlan& pl, const DirectShape& s, cudaStream_t stream) {
-  TORCH_INTERNAL_ASSERT(pl.smem <= size_t(kDirectSmemBudget) && pl.threads <= kThreads && pl.threads > 0);
+void launch_tile(TileArgs<T, Src> a, const TilePlan& pl, const TileShape& s, cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(pl.smem <= size_t(kSmemBudget) && pl.threads <= kThreads && pl.threads > 0);
   a.vec_x = pl.vec_x;
   a.SP = pl.SP;
   a.TWY = pl.TWY;
@@ -584,14 +441,14 @@ void launch_direct(DirectArgs<T, Src> a, const DirectPlan& pl, const DirectShape
   a.nBlocks = pl.nBlocks;
   if (pl.nBlocks == 0) return;
   switch (pl.PT) {
-    case 1: launch_direct_pt<T, Src, 1>(a, pl, s.dw_mode, stream); break;
-    case 2: launch_direct_pt<T, Src, 2>(a, pl, s.dw_mode, stream); break;
+    case 1: launch_tile_pt<T, Src, 1>(a, pl, s.dw_mode, stream); break;
+    case 2: launch_tile_pt<T, Src, 2>(a, pl, s.dw_mode, stream); break;
     default:
       if constexpr (Src::kIsTensor) {
         if (pl.PT == 3) {
-          launch_direct_pt<T, Src, 3>(a, pl, s.dw_mode, stream);
+          launch_tile_pt<T, Src, 3>(a, pl, s.dw_mode, stream);
         } else {
-          launch_direct_pt<T, Src, 4>(a, pl, s.dw_mode, stream);
+          launch_tile_pt<T, Src, 4>(a, pl, s.dw_mode, stream);
         }
       } else {
         TORCH_INTERNAL_ASSERT(false, "fastconv (cuda): thread patch ", pl.PT, " for a dgrad source");
@@ -599,18 +456,45 @@ void launch_direct(DirectArgs<T, Src> a, const DirectPlan& pl, const DirectShape
   }
 }
 
-// The kernels are compiled once per dtype in conv_direct_<dtype>.cu (four
-// translation units that build in parallel); every other file only links them.
-#define FASTCONV_DIRECT_INSTANCES(PREFIX, T)                                                          \
-  PREFIX template void launch_direct<T, TensorSource<T>>(DirectArgs<T, TensorSource<T>>, const DirectPlan&, \
-                                                         const DirectShape&, cudaStream_t);           \
-  PREFIX template void launch_direct<T, UnpoolSource<T>>(DirectArgs<T, UnpoolSource<T>>, const DirectPlan&, \
-                                                         const DirectShape&, cudaStream_t);
+// One tile-conv launch for geometry g (the forward's conv, or the transposed
+// conv of dgrad_geom): the arguments from g and the tensors, the plan, the
+// launch. src_cl: src is channels-fastest; vec_ok: it also allows 16-byte
+// channel loads (channels_vec_ok).
+template <typename T, typename Src>
+void conv2d_tile(const ConvGeom& g, const Src& src, bool src_cl, bool vec_ok, const T* w, const T* bias,
+                 at::Tensor& y, uint8_t* idx, cudaStream_t stream) {
+  TileArgs<T, Src> a{};
+  a.src = src;
+  a.w = w;
+  a.bias = bias;
+  a.y = y.mutable_data_ptr<T>();
+  a.idx = idx;
+  a.ysN = y.stride(0);
+  a.ysK = y.stride(1);
+  a.ysH = y.stride(2);
+  a.ysW = y.stride(3);
+  set_conv_dims(a, g);
+  a.PO = int(g.PO);
+  a.QO = int(g.QO);
+  a.pool = int(g.pool);
+  a.relu = g.relu;
+  a.src_cl = src_cl;
+  const TileShape s = tile_shape(a, g.N, int(g.groups), vec_ok);
+  launch_tile(a, plan_tile(s), s, stream);
+}
 
-FASTCONV_DIRECT_INSTANCES(extern, float)
-FASTCONV_DIRECT_INSTANCES(extern, double)
-FASTCONV_DIRECT_INSTANCES(extern, c10::Half)
-FASTCONV_DIRECT_INSTANCES(extern, c10::BFloat16)
+// The kernels are compiled once per dtype in conv2d_tile_<dtype>.cu (four
+// translation units that build in parallel); every other file only links them.
+#define FASTCONV_TILE_INSTANCES(PREFIX, T)                                                          \
+  PREFIX template void launch_tile<T, TensorSource<T>>(TileArgs<T, TensorSource<T>>, const TilePlan&, \
+                                                         const TileShape&, cudaStream_t);           \
+  PREFIX template void launch_tile<T, UnpoolSource<T>>(TileArgs<T, UnpoolSource<T>>, const TilePlan&, \
+                                                         const TileShape&, cudaStream_t);
+
+FASTCONV_TILE_INSTANCES(extern, float)
+FASTCONV_TILE_INSTANCES(extern, double)
+FASTCONV_TILE_INSTANCES(extern, c10::Half)
+FASTCONV_TILE_INSTANCES(extern, c10::BFloat16)
 
 }  // namespace cuda
 }  // namespace fastconv

@@ -11,8 +11,8 @@ geometry) are left out of the quick GPU run (``-m "gpu and not slow"``).
 The ``sanitize`` tests run each kernel once on tiny shapes, for
 compute-sanitizer::
 
-    compute-sanitizer --tool memcheck  python -m pytest -q -m gpu -k sanitize tests/test_backend_cuda.py
-    compute-sanitizer --tool racecheck python -m pytest -q -m gpu -k sanitize tests/test_backend_cuda.py
+    compute-sanitizer --tool memcheck  python -m pytest -q -m gpu -k sanitize tests/test_cuda.py
+    compute-sanitizer --tool racecheck python -m pytest -q -m gpu -k sanitize tests/test_cuda.py
 """
 import pytest
 import torch
@@ -268,7 +268,7 @@ def test_relu_nan_and_channels_last():
 
 # --------------------------------------------------------------------------- compute-sanitizer group
 
-# Each conv kernel variant once: dense (REG) and depthwise (DW) direct conv with
+# Each conv kernel variant once: dense (REG) and depthwise (DW) tile conv with
 # thread patches 2 (pool 2 and pool 1), 3 and 1 (pool 5, sub-passes), the
 # 16-byte load paths (bf16 channels_last, C % 8 == 0), dgrad, wgrad + reduce.
 SANITIZE_CONV = [

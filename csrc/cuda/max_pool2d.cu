@@ -12,10 +12,10 @@
 // row-major order): no atomics, deterministic. Both kernels walk their output
 // in memory order (channels first for channels_last) so that neighbouring
 // threads touch neighbouring addresses.
-#include <torch/library.h>
 
 #include "../common.h"
 #include "common.cuh"
+#include "../ops.h"
 
 namespace fastconv {
 namespace cuda {
@@ -128,7 +128,9 @@ PoolArgs pool_args(const PoolGeom& g) {
 
 bool channels_fastest(const at::Tensor& t) { return t.size(1) > 1 && t.stride(1) == 1; }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd_cuda(const at::Tensor& x, at::IntArrayRef kernel,
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel,
                                                        at::IntArrayRef stride, at::IntArrayRef padding,
                                                        at::IntArrayRef dilation, bool ceil_mode) {
   check_cuda_like(x, "x", x, "max_pool2d_fwd");
@@ -150,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd_cuda(const at::Tensor& x, at::
   return {y, idx};
 }
 
-at::Tensor max_pool2d_bwd_cuda(const at::Tensor& dy, const at::Tensor& idx, at::IntArrayRef input_hw,
+at::Tensor max_pool2d_bwd(const at::Tensor& dy, const at::Tensor& idx, at::IntArrayRef input_hw,
                                at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, bool ceil_mode) {
   TORCH_CHECK(dy.is_cuda(), "fastconv_C::max_pool2d_bwd: dy must be a CUDA tensor, got ", dy.device());
@@ -177,11 +179,5 @@ at::Tensor max_pool2d_bwd_cuda(const at::Tensor& dy, const at::Tensor& idx, at::
   return dx;
 }
 
-}  // namespace
 }  // namespace cuda
 }  // namespace fastconv
-
-TORCH_LIBRARY_IMPL(fastconv_C, CUDA, m) {
-  m.impl("max_pool2d_fwd", &fastconv::cuda::max_pool2d_fwd_cuda);
-  m.impl("max_pool2d_bwd", &fastconv::cuda::max_pool2d_bwd_cuda);
-}

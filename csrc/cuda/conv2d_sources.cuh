@@ -1,4 +1,4 @@
-// Where the direct convolution kernels read their input tile from.
+// Where the tile convolution kernels read their input tile from.
 //
 // A source is a [N, C, H, W] tensor read in two steps, so that a tile loader
 // does the per-pixel work (bounds, window arithmetic) once for all channels:
@@ -95,6 +95,36 @@ struct UnpoolSource {
     return read(pixel(n, u, v), k);
   }
 };
+
+// --------------------------------------------------------------------------- host builders
+
+// x [N, C, H, W] with its strides.
+template <typename T>
+TensorSource<T> tensor_source(const at::Tensor& x) {
+  return TensorSource<T>{x.const_data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+                         int(x.size(2)), int(x.size(3))};
+}
+
+// dC from dy and the saved y (relu) and idx (pool > 1), which share dy's shape
+// and strides; no zero insertion (dgrad sets zh, zw to the stride).
+template <typename T>
+UnpoolSource<T> unpool_source(const at::Tensor& dy, const at::Tensor& y, const at::Tensor& idx, bool relu,
+                              int pool) {
+  UnpoolSource<T> dc{};
+  dc.dy = dy.const_data_ptr<T>();
+  dc.y = relu ? y.const_data_ptr<T>() : nullptr;
+  dc.idx = pool > 1 ? idx.const_data_ptr<uint8_t>() : nullptr;
+  dc.sN = dy.stride(0);
+  dc.sC = dy.stride(1);
+  dc.sH = dy.stride(2);
+  dc.sW = dy.stride(3);
+  dc.pool = pool;
+  dc.PE = int(dy.size(2)) * pool;
+  dc.QE = int(dy.size(3)) * pool;
+  dc.zh = 1;
+  dc.zw = 1;
+  return dc;
+}
 
 }  // namespace cuda
 }  // namespace fastconv

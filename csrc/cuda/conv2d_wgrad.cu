@@ -1,18 +1,10 @@
-// fastconv_C::conv2d_bwd on CUDA: dx, dw and db of the fused conv, reading the
-// conv-output gradient dC through the unpool prologue (conv_sources.cuh):
+// dw and db of the fused conv (docs/design.md §2.2), reading the conv-output
+// gradient dC through the unpool prologue (conv2d_sources.cuh):
 //
-//   dC[n,k,p,q] = dy[n,k,p/pool,q/pool] * (idx == (p%pool)*pool + q%pool) * (!relu || !(y <= 0))
-//
-//   dx[n,c,h,w] = sum_{k in group(c), r, s} dC[n,k,(h+pt-r*dh)/sh,(w+pl-s*dw)/sw] * w[k,c%CG,r,s]
-//                 (terms whose division is not exact are absent)
 //   dw[k,c,r,s] = sum_{n,p,q} dC[n,k,p,q] * x[n, g*CG+c, p*sh-pt+r*dh, q*sw-pl+s*dw]
 //   db[k]       = sum_{n,p,q} dC[n,k,p,q]
 //
-// dgrad is the direct conv kernel (conv_direct.cuh) run on the zero-inserted dC
-// with w flipped and transposed per group, stride 1, dilation (dh, dw) and
-// padding ((R-1)*dh - pt, (S-1)*dw - pl).
-//
-// wgrad (+ db) is a reduction over N*P*Q per weight. wgrad_kernel splits it:
+// A reduction over N*P*Q per weight. wgrad_kernel splits it:
 // a block owns an *entry block* (KB output channels x CB input channels x RB x
 // SB taps; DW: KB channels x RB x SB taps) and a *slice* of the (image,
 // conv-output tile) pairs. Per tile it stages dC [pixel][channel] and the x
@@ -22,13 +14,9 @@
 // Every (slice, subset) writes its partial sums to its own row of a workspace
 // [slices * PS][E] (E = K*CG*R*S weights + K biases), which reduce_kernel sums
 // in a fixed order: deterministic, no atomics.
-#include <torch/library.h>
+#include "conv2d.cuh"
 
-#include <array>
 #include <vector>
-
-#include "../common.h"
-#include "conv_direct.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -48,7 +36,7 @@ struct WgradArgs {
   int64_t E;                      // K*CG*R*S + K: dw entries, then db entries
   bool need_dw, need_db;
   bool x_cl, dc_cl;               // channels-fastest tensors: tile loads walk channels first
-  bool dw_mode;                   // CG == 1 (same split as the direct kernel's DW layout)
+  bool dw_mode;                   // CG == 1 (same split as the tile kernel's DW layout)
   // Tiling
   int TP, TQ, tilesX, nTiles;     // conv-output tile, tiles across, tiles per image
   int KB, CB, RB, SB, IH, IW;     // entry block; x tile
@@ -248,7 +236,6 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const acc_t<T>* part, 
 
 // --------------------------------------------------------------------------- wgrad planner
 
-constexpr int64_t kWgradSmemBudget = 48 * 1024;
 constexpr int64_t kWorkspaceBudget = int64_t(64) << 20;
 
 struct WgradPlan {
@@ -281,7 +268,7 @@ WgradPlan plan_wgrad(const ConvGeom& g, bool dw_mode, bool need_dw, int elem) {
   pl.RB = need_dw ? int(g.R) : 1;
   pl.SB = need_dw ? int(g.S) : 1;
   for (;;) {
-    if (wgrad_smem_bytes(pl, g, dw_mode, need_dw, elem) <= kWgradSmemBudget) break;
+    if (wgrad_smem_bytes(pl, g, dw_mode, need_dw, elem) <= kSmemBudget) break;
     if (pl.CB > 8) {
       pl.CB = ceil_div(pl.CB, 2);
     } else if (pl.TP * pl.TQ > 64) {
@@ -304,52 +291,6 @@ WgradPlan plan_wgrad(const ConvGeom& g, bool dw_mode, bool need_dw, int elem) {
   return pl;
 }
 
-// --------------------------------------------------------------------------- host
-
-// dx through the direct conv kernel on the zero-inserted dC.
-template <typename T>
-void dgrad(const ConvGeom& g, const UnpoolSource<T>& dc, bool dc_cl, const at::Tensor& w, at::Tensor& dx,
-           cudaStream_t stream) {
-  // w [groups*KG, CG, R, S] -> w' [groups*CG, KG, R, S] with w'[g*CG+c, m, r, s] = w[g*KG+m, c, R-1-r, S-1-s]
-  const at::Tensor wt = w.reshape({g.groups, g.KG, g.CG, g.R, g.S})
-                            .transpose(1, 2)
-                            .flip({3, 4})
-                            .reshape({g.C, g.KG, g.R, g.S})
-                            .contiguous();
-  DirectArgs<T, UnpoolSource<T>> a{};
-  a.src = dc;
-  a.src.zh = int(g.sh);
-  a.src.zw = int(g.sw);
-  a.w = wt.const_data_ptr<T>();
-  a.bias = nullptr;
-  a.y = dx.mutable_data_ptr<T>();
-  a.idx = nullptr;
-  a.ysN = dx.stride(0);
-  a.ysK = dx.stride(1);
-  a.ysH = dx.stride(2);
-  a.ysW = dx.stride(3);
-  a.K = int(g.C);
-  a.KG = int(g.CG);
-  a.CG = int(g.KG);
-  a.R = int(g.R);
-  a.S = int(g.S);
-  a.P = a.PO = int(g.H);
-  a.Q = a.QO = int(g.W);
-  a.sh = a.sw = 1;
-  a.dh = int(g.dh);
-  a.dw = int(g.dw);
-  a.pt = int((g.R - 1) * g.dh - g.pt);
-  a.pl = int((g.S - 1) * g.dw - g.pl);
-  a.pool = 1;
-  a.relu = false;
-  a.src_cl = dc_cl;
-
-  const DirectShape s = direct_shape(a, g.N, int(g.groups), false);
-  launch_direct(a, plan_direct(s), s, stream);
-  // wt is freed on return: the caching allocator hands its memory only to
-  // later work on this stream, which runs after the kernel.
-}
-
 // dw and / or db: wgrad_kernel into a workspace, then reduce_kernel.
 template <typename T>
 void wgrad(const ConvGeom& g, const at::Tensor& x, const UnpoolSource<T>& dc, bool dc_cl, bool need_dw,
@@ -358,22 +299,9 @@ void wgrad(const ConvGeom& g, const at::Tensor& x, const UnpoolSource<T>& dc, bo
   const bool dw_mode = g.CG == 1;
   const WgradPlan pl = plan_wgrad(g, dw_mode, need_dw, int(sizeof(A)));
   WgradArgs<T> a{};
-  a.x = TensorSource<T>{x.const_data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-                        int(g.H), int(g.W)};
+  a.x = tensor_source<T>(x);
   a.dc = dc;
-  a.K = int(g.K);
-  a.KG = int(g.KG);
-  a.CG = int(g.CG);
-  a.R = int(g.R);
-  a.S = int(g.S);
-  a.P = int(g.P);
-  a.Q = int(g.Q);
-  a.sh = int(g.sh);
-  a.sw = int(g.sw);
-  a.dh = int(g.dh);
-  a.dw = int(g.dw);
-  a.pt = int(g.pt);
-  a.pl = int(g.pl);
+  set_conv_dims(a, g);
   a.E = g.K * g.CG * g.R * g.S + g.K;
   a.need_dw = need_dw;
   a.need_db = need_db;
@@ -414,7 +342,7 @@ void wgrad(const ConvGeom& g, const at::Tensor& x, const UnpoolSource<T>& dc, bo
   at::Tensor part = at::empty({rows, a.E}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
   a.part = part.mutable_data_ptr<A>();
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(a.nBlocks, kMaxGrid));
-  TORCH_INTERNAL_ASSERT(pl.smem <= size_t(kWgradSmemBudget));
+  TORCH_INTERNAL_ASSERT(pl.smem <= size_t(kSmemBudget));
   if (dw_mode) {
     wgrad_kernel<T, true><<<grid, kThreads, pl.smem, stream>>>(a);
   } else {
@@ -434,75 +362,17 @@ void wgrad(const ConvGeom& g, const at::Tensor& x, const UnpoolSource<T>& dc, bo
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cuda(
-    const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& w, const at::Tensor& y_in,
-    const at::Tensor& idx_in, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, bool relu, int64_t pool, std::array<bool, 3> mask) {
-  check_cuda_like(x, "x", x, "conv2d_bwd");
-  check_cuda_like(w, "w", x, "conv2d_bwd");
-  check_cuda_like(dy_in, "dy", x, "conv2d_bwd");
-  const ConvGeom g = conv_geom(x, w, stride, padding, dilation, groups, relu, pool);
-  for (int64_t v : {g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.groups})
-    check_int_range(v, "a conv size");
-  const std::vector<int64_t> dy_shape{g.N, g.K, g.PO, g.QO};
-  TORCH_CHECK(dy_in.sizes() == at::IntArrayRef(dy_shape), "fastconv_C::conv2d_bwd: dy must have shape ",
-              at::IntArrayRef(dy_shape), ", got ", dy_in.sizes());
-  if (relu) {
-    check_cuda_like(y_in, "y", x, "conv2d_bwd");
-    TORCH_CHECK(y_in.sizes() == dy_in.sizes(), "fastconv_C::conv2d_bwd: y must have dy's shape ", dy_in.sizes(),
-                ", got ", y_in.sizes());
-  }
-  if (pool > 1) {
-    TORCH_CHECK(idx_in.defined() && idx_in.is_cuda() && idx_in.device() == x.device() &&
-                    idx_in.scalar_type() == at::kByte && idx_in.sizes() == dy_in.sizes(),
-                "fastconv_C::conv2d_bwd: idx must be a uint8 tensor of dy's shape on x's device");
-  }
-  c10::cuda::CUDAGuard guard(x.device());
-  const auto fmt = memory_format_of(x);
-  at::Tensor dx = mask[0] ? at::empty(x.sizes(), x.options().memory_format(fmt)) : at::Tensor();
-  at::Tensor dw = mask[1] ? at::empty(w.sizes(), w.options()) : at::Tensor();
-  at::Tensor db = mask[2] ? at::empty({g.K}, w.options()) : at::Tensor();
-  if (dy_in.numel() == 0) {
-    if (mask[0]) dx.zero_();
-    if (mask[1]) dw.zero_();
-    if (mask[2]) db.zero_();
-    return {dx, dw, db};
-  }
-  // dy, y and idx share one memory format, so one set of strides addresses all three
-  const auto dfmt = dy_in.suggest_memory_format();
-  const at::Tensor dy = dy_in.contiguous(dfmt);
-  const at::Tensor yv = relu ? y_in.contiguous(dfmt) : at::Tensor();
-  const at::Tensor iv = pool > 1 ? idx_in.contiguous(dfmt) : at::Tensor();
-  const at::Tensor xc = x.contiguous(fmt);
+}  // namespace
+
+void conv2d_wgrad(const ConvGeom& g, const at::Tensor& x, const at::Tensor& dy, const at::Tensor& y,
+                  const at::Tensor& idx, bool need_dw, bool need_db, at::Tensor& dw, at::Tensor& db) {
   const bool dc_cl = g.K > 1 && dy.stride(1) == 1;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_bwd_cuda", [&] {
-    using T = scalar_t;
-    UnpoolSource<T> dc{};
-    dc.dy = dy.const_data_ptr<T>();
-    dc.y = relu ? yv.const_data_ptr<T>() : nullptr;
-    dc.idx = pool > 1 ? iv.const_data_ptr<uint8_t>() : nullptr;
-    dc.sN = dy.stride(0);
-    dc.sC = dy.stride(1);
-    dc.sH = dy.stride(2);
-    dc.sW = dy.stride(3);
-    dc.pool = int(pool);
-    dc.PE = int(g.PO * pool);
-    dc.QE = int(g.QO * pool);
-    dc.zh = 1;
-    dc.zw = 1;
-    if (mask[0] && dx.numel() > 0) dgrad<T>(g, dc, dc_cl, w, dx, stream);
-    const bool need_dw = mask[1] && dw.numel() > 0;
-    if (need_dw || mask[2]) wgrad<T>(g, xc, dc, dc_cl, need_dw, mask[2], dw, db, stream);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_wgrad_cuda", [&] {
+    const auto dc = unpool_source<scalar_t>(dy, y, idx, g.relu, int(g.pool));
+    wgrad<scalar_t>(g, x, dc, dc_cl, need_dw, need_db, dw, db, stream);
   });
-  return {dx, dw, db};
 }
 
-}  // namespace
 }  // namespace cuda
 }  // namespace fastconv
-
-TORCH_LIBRARY_IMPL(fastconv_C, CUDA, m) {
-  m.impl("conv2d_bwd", &fastconv::cuda::conv2d_bwd_cuda);
-}
