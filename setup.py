@@ -3,9 +3,10 @@
 * ``pip install .`` (isolated build, no torch in the build environment): pure
   Python; the extension is compiled just in time on first use, against the
   torch that is installed (fastconv/_ext.py).
-* ``pip install --no-build-isolation .`` with torch installed: the extension
-  ``fastconv._C`` is compiled ahead of time against that torch
-  (``FASTCONV_AOT=0`` skips it).
+* ``pip install --no-build-isolation .`` with torch installed: the C++ kernels
+  ``fastconv._C`` and, where nvcc is found, the CUDA kernels ``fastconv._C_cuda``
+  are compiled ahead of time against that torch (``FASTCONV_AOT=0`` skips it,
+  ``FASTCONV_BUILD_CUDA=0|1`` decides the CUDA part).
 
 Either way csrc/ is shipped inside the package so that the JIT path works from a
 wheel too. The build configuration is shared with the JIT path in
@@ -52,23 +53,22 @@ def _extensions():
         return [], {}
     cfg = _load_build_config()
     src = ROOT / "csrc"
-    with_cuda, _ = cfg.want_cuda()
-    sources = [str(p.relative_to(ROOT)) for p in cfg.cpp_sources(src)]
     kwargs = dict(
         include_dirs=[str(src)],
         extra_compile_args={"cxx": cfg.extra_cflags(), "nvcc": cfg.extra_cuda_cflags()},
         extra_link_args=cfg.extra_ldflags(),
     )
-    if with_cuda:
+    cpp = [str(p.relative_to(ROOT)) for p in cfg.cpp_sources(src)]
+    exts = [cpp_extension.CppExtension("fastconv._C", cpp, **kwargs)]
+    with_cuda, why = cfg.want_cuda()
+    if with_cuda:  # the CUDA kernels: a second library, loaded on the first CUDA use
         cfg.prepare_cuda_env()
-        sources += [str(p.relative_to(ROOT)) for p in cfg.cuda_sources(src)]
-        kwargs["include_dirs"] += cfg.pip_cuda_include_dirs()
-        kwargs["extra_compile_args"]["cxx"] = kwargs["extra_compile_args"]["cxx"] + ["-DFASTCONV_WITH_CUDA"]
-        kwargs["extra_compile_args"]["nvcc"] = kwargs["extra_compile_args"]["nvcc"] + ["-DFASTCONV_WITH_CUDA"]
-        ext = cpp_extension.CUDAExtension("fastconv._C", sources, **kwargs)
+        cu = [str(p.relative_to(ROOT)) for p in cfg.cuda_sources(src)]
+        exts.append(cpp_extension.CUDAExtension("fastconv._C_cuda", cu, **{
+            **kwargs, "include_dirs": kwargs["include_dirs"] + cfg.pip_cuda_include_dirs()}))
     else:
-        ext = cpp_extension.CppExtension("fastconv._C", sources, **kwargs)
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)}
+        print(f"fastconv: not building the CUDA kernels ({why})")
+    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)}
 
 
 ext_modules, cmdclass = _extensions()

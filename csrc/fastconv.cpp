@@ -1,6 +1,7 @@
 // The operator library fastconv_C: every kernel schema, defined once, and the
-// CPU kernels' registration. The entry points of each device are declared in
-// csrc/ops.h; the CUDA kernels register in csrc/cuda/register.cu.
+// CPU kernels' registration (the library fastconv._C). The entry points of each
+// device are declared in csrc/ops.h; the CUDA kernels are a second library,
+// fastconv._C_cuda, loaded after this one, that registers in csrc/cuda/register.cu.
 //
 // The ops' math is docs/design.md §2 (conv2d_fwd §2.1, conv2d_bwd §2.2, relu and
 // max_pool2d §2.3). Conventions of the schemas:
@@ -16,15 +17,6 @@
 
 #include "ops.h"
 
-namespace fastconv {
-// True when csrc/cuda was compiled in (FASTCONV_WITH_CUDA).
-#ifdef FASTCONV_WITH_CUDA
-bool has_cuda_kernels() { return true; }
-#else
-bool has_cuda_kernels() { return false; }
-#endif
-}  // namespace fastconv
-
 TORCH_LIBRARY(fastconv_C, m) {
   m.def("conv2d_fwd(Tensor x, Tensor w, Tensor? b, int[2] stride, int[4] padding, "
         "int[2] dilation, int groups, bool relu, int pool) -> (Tensor, Tensor)");
@@ -37,7 +29,6 @@ TORCH_LIBRARY(fastconv_C, m) {
         "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_bwd(Tensor dy, Tensor idx, int[2] input_hw, int[2] kernel, int[2] stride, "
         "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
-  m.def("has_cuda_kernels() -> bool", []() { return fastconv::has_cuda_kernels(); });
 }
 
 TORCH_LIBRARY_IMPL(fastconv_C, CPU, m) { FASTCONV_IMPL_ALL(m, cpu); }

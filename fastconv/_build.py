@@ -4,10 +4,13 @@
 This module imports nothing from fastconv so that ``setup.py`` can load it by
 path. It decides:
 
-* which sources make up the extension: ``csrc/fastconv.cpp``, every
-  ``csrc/cpu/*.cpp`` and, when CUDA is built, every ``csrc/cuda/*.cu``;
-* whether CUDA is built: ``FASTCONV_BUILD_CUDA=0|1`` forces it, otherwise it is
-  built whenever torch is a CUDA build and nvcc is found (a GPU is not needed);
+* which sources make up the two libraries: ``fastconv._C`` is
+  ``csrc/fastconv.cpp`` and every ``csrc/cpu/*.cpp``; ``fastconv._C_cuda`` is
+  every ``csrc/cuda/*.cu``;
+* whether the CUDA kernels can be built: ``FASTCONV_BUILD_CUDA=0|1`` forces it,
+  otherwise whenever torch is a CUDA build and nvcc is found (a GPU is not
+  needed to compile; ``fastconv/_ext.py`` builds them just in time only where a
+  CUDA device is visible or FASTCONV_BUILD_CUDA=1 asks);
 * ``CUDA_HOME``: the environment's, else the toolkit beside ``nvcc`` on PATH;
 * the pip CUDA headers (``site-packages/nvidia/cu13/include``) when present;
 * ``TORCH_CUDA_ARCH_LIST``: honoured, default ``9.0+PTX``.

@@ -1,24 +1,41 @@
-"""Loading the C++/CUDA extension ``fastconv._C``.
+"""Loading the extension: the C++ kernels ``fastconv._C`` and the CUDA kernels
+``fastconv._C_cuda``.
 
-Two ways in, tried in this order:
+Two libraries, loaded when first needed:
 
-1. ahead of time: ``pip install --no-build-isolation .`` compiled ``fastconv._C``
-   against the installed torch (``setup.py``); importing it loads the kernels;
-2. just in time: ``torch.utils.cpp_extension.load`` compiles ``csrc/`` on first use
-   into ``$FASTCONV_CACHE_DIR`` (default ``~/.cache/fastconv``), once per torch
-   version and source hash. A file lock per build makes processes that start
-   together build once; the others wait and load the result.
+* ``_C`` (csrc/fastconv.cpp, csrc/cpu/*.cpp): every op schema and the CPU
+  kernels; loaded on the first call of a native backend (or ``fastconv info``).
+* ``_C_cuda`` (csrc/cuda/*.cu): the CUDA kernels of the same ops; loaded on the
+  first use with a visible CUDA device, or whenever ``FASTCONV_BUILD_CUDA=1``
+  asks. A machine without a GPU never compiles them unless asked: their nvcc
+  build takes minutes and could never run there.
 
-``FASTCONV_EXT=off`` skips both (the other backends serve). Failures never raise
-here: :func:`status` records why, ``fastconv info`` prints it and the ``cpu`` /
-``cuda`` backends decline calls, so the dispatcher falls back.
+Each comes in one of two ways, tried in this order:
+
+1. ahead of time: ``pip install --no-build-isolation .`` compiled both against
+   the installed torch (``setup.py``, the CUDA part where nvcc is found);
+2. just in time: ``torch.utils.cpp_extension`` compiles ``csrc/`` into
+   ``$FASTCONV_CACHE_DIR`` (default ``~/.cache/fastconv``), once per part,
+   torch version and source hash, in a child process whose output goes to
+   ``build.log`` in the build folder; meanwhile one line every 15 s says which
+   part, how long, how many files and where the log is. A file lock per build
+   makes processes that start together build once; the others wait and load it.
+
+``FASTCONV_EXT=off`` skips both (the other backends serve). ``FASTCONV_BUILD_CUDA=0``
+never builds the CUDA part. Failures never raise here: :func:`status` records
+why (with the compiler's first error lines), ``fastconv info`` prints it and the
+``cpu`` / ``cuda`` backends decline calls, so the dispatcher falls back to
+``reference``.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import importlib
+import json
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -28,9 +45,13 @@ import torch
 
 from . import _build
 
+PROGRESS_EVERY_S = 15
+
 _lock = threading.Lock()
-_status: dict = {"built": False, "cuda_kernels": False, "path": None, "error": None, "mode": None}
+_status: dict = {"built": False, "cuda_kernels": False, "path": None, "error": None, "mode": None,
+                 "cuda": {"built": False, "path": None, "mode": None, "why": "not tried yet"}}
 _tried = False
+_cuda_tried = False
 
 
 def cache_dir() -> Path:
@@ -38,9 +59,13 @@ def cache_dir() -> Path:
 
 
 def status() -> dict:
-    """Load (or build) the extension if not tried yet; return what happened."""
+    """Load (or build) what this machine uses, if not tried yet; return what happened.
+    ``cuda`` says whether the CUDA kernels are built and, if not, why."""
     load()
-    return dict(_status)
+    load_cuda()
+    out = dict(_status)
+    out["cuda"] = dict(_status["cuda"])
+    return out
 
 
 def available() -> bool:
@@ -48,6 +73,7 @@ def available() -> bool:
 
 
 def load() -> bool:
+    """The C++ kernels (and the op schemas): loaded, or built then loaded."""
     global _tried
     if _tried:
         return _status["built"]
@@ -55,23 +81,84 @@ def load() -> bool:
         if _tried:
             return _status["built"]
         try:
-            if os.environ.get("FASTCONV_EXT", "").lower() in ("off", "0", "none"):
+            if _disabled():
                 raise RuntimeError("disabled by FASTCONV_EXT=off")
-            if not _load_aot():
-                _load_jit()
+            if not _load_aot("_C"):
+                _load_jit("_C")
             _status["built"] = True
-            _status["cuda_kernels"] = bool(torch.ops.fastconv_C.has_cuda_kernels())
         except Exception as e:  # a missing compiler must not break `import fastconv`
             _status["built"] = False
-            _status["error"] = f"{type(e).__name__}: {e}".strip()[-2000:]
+            _status["error"] = f"{type(e).__name__}: {e}".strip()[-3000:]
         finally:
             _tried = True
     return _status["built"]
 
 
-def _load_aot() -> bool:
+def cuda_wanted() -> tuple[bool, str]:
+    """(load the CUDA kernels now?, why): with a visible CUDA device, or FASTCONV_BUILD_CUDA=1."""
+    forced = os.environ.get("FASTCONV_BUILD_CUDA", "").strip()
+    if forced not in ("", "0", "1"):
+        raise ValueError(f"FASTCONV_BUILD_CUDA must be 0 or 1, got {forced!r}")
+    if forced == "0":
+        return False, "FASTCONV_BUILD_CUDA=0"
+    if forced != "1" and not torch.cuda.is_available():
+        return False, ("no CUDA device is visible (they are built on the first use with one, "
+                       "or with FASTCONV_BUILD_CUDA=1)")
+    return _build.want_cuda()
+
+
+def load_cuda() -> bool:
+    """The CUDA kernels: loaded, or built then loaded, when :func:`cuda_wanted` says so.
+    A "not wanted" answer is not cached (a later FASTCONV_BUILD_CUDA=1 still builds)."""
+    global _cuda_tried
+    if _cuda_tried:
+        return _status["cuda"]["built"]
+    if not load():
+        _status["cuda"]["why"] = "the C++ extension is not built"
+        return False
+    try:
+        want, why = cuda_wanted()
+    except Exception as e:
+        want, why = False, f"{type(e).__name__}: {e}"
+    if not want:
+        _status["cuda"]["why"] = why
+        return _cuda_kernels_registered()
+    with _lock:
+        if _cuda_tried:
+            return _status["cuda"]["built"]
+        try:
+            if not _load_aot("_C_cuda"):
+                _load_jit("_C_cuda")
+            _status["cuda"]["built"] = True
+            _status["cuda"]["why"] = None
+        except Exception as e:
+            _status["cuda"]["built"] = False
+            _status["cuda"]["why"] = f"{type(e).__name__}: {e}".strip()[-3000:]
+        finally:
+            _cuda_tried = True
+    return _cuda_kernels_registered()
+
+
+def _cuda_kernels_registered() -> bool:
+    has = torch._C._dispatch_has_kernel_for_dispatch_key("fastconv_C::conv2d_fwd", "CUDA")
+    _status["cuda_kernels"] = bool(has)
+    return _status["cuda_kernels"]
+
+
+def _disabled() -> bool:
+    return os.environ.get("FASTCONV_EXT", "").lower() in ("off", "0", "none")
+
+
+def _record(name: str, path: Path, mode: str) -> None:
+    target = _status if name == "_C" else _status["cuda"]
+    target["path"] = str(path)
+    target["mode"] = mode
+
+
+def _load_aot(name: str) -> bool:
     here = Path(__file__).resolve().parent
-    sos = sorted(here.glob("_C*.so")) + sorted(here.glob("_C*.pyd"))
+    sos = sorted(here.glob(f"{name}.*so")) + sorted(here.glob(f"{name}.*pyd"))
+    sos = [p for p in sos if p.name.split(".")[0] == name]
     if not sos:
         return False
     src = here.parent / "csrc"
@@ -80,26 +167,35 @@ def _load_aot() -> bool:
         if newest > sos[0].stat().st_mtime:
             return False
     try:
-        importlib.import_module("fastconv._C")
-    except ImportError as e:  # built against another torch: rebuild just in time
+        if name == "_C":
+            importlib.import_module("fastconv._C")
+        else:
+            torch.ops.load_library(str(sos[0]))
+    except (ImportError, OSError) as e:  # built against another torch: rebuild just in time
         print(f"fastconv: ignoring {sos[0].name} ({e}); building just in time", file=sys.stderr)
         return False
-    _status["path"] = str(sos[0])
-    _status["mode"] = "aot"
+    _record(name, sos[0], "aot")
     return True
 
 
-def _source_hash(files: list[Path], with_cuda: bool) -> str:
+def _sources(name: str) -> tuple[list[Path], list[Path]]:
+    """(sources, the headers they may include) of one part."""
+    root = _build.source_root()
+    headers = set(root.glob("*.h"))
+    if name == "_C":
+        return _build.cpp_sources(root), sorted(headers | set(root.glob("cpu/*.h")))
+    return _build.cuda_sources(root), sorted(headers | set(root.glob("cuda/*.h")) | set(root.glob("cuda/*.cuh")))
+
+
+def _source_hash(name: str, files: list[Path], headers: list[Path]) -> str:
     h = hashlib.sha256()
     h.update(torch.__version__.encode())
     h.update(sys.version.encode())
-    h.update(repr((with_cuda, _build.arch_list() if with_cuda else "", _build.extra_cflags(),
-                   _build.extra_cuda_cflags())).encode())
+    cuda = name != "_C"
+    h.update(repr((name, _build.arch_list() if cuda else "", _build.extra_cflags(),
+                   _build.extra_cuda_cflags() if cuda else "")).encode())
     root = _build.source_root()
-    headers = set(root.glob("*.h")) | set(root.glob("cpu/*.h"))
-    if with_cuda:
-        headers |= set(root.glob("cuda/*.h")) | set(root.glob("cuda/*.cuh"))
-    for f in sorted(set(files) | headers):
+    for f in sorted(set(files) | set(headers)):
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -118,39 +214,81 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _load_jit() -> None:
-    from torch.utils import cpp_extension
+PART = {"_C": "C++ kernels", "_C_cuda": "CUDA kernels"}
 
-    root = _build.source_root()
-    with_cuda, _why = _build.want_cuda()
-    sources = _build.cpp_sources(root) + (_build.cuda_sources(root) if with_cuda else [])
-    if with_cuda:
+
+def _load_jit(name: str) -> None:
+    cuda = name != "_C"
+    sources, headers = _sources(name)
+    if cuda:
         _build.prepare_cuda_env()
     tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}"
-    build_dir = cache_dir() / f"{tag}-{'cuda' if with_cuda else 'cpu'}-{_source_hash(sources, with_cuda)}"
-    lib = build_dir / "_C.so"
+    build_dir = cache_dir() / f"{tag}-{'cuda' if cuda else 'cpu'}-{_source_hash(name, sources, headers)}"
+    lib = build_dir / f"{name}.so"
     with _file_lock(build_dir.with_name(build_dir.name + ".lock")):
         if not lib.is_file():
             build_dir.mkdir(parents=True, exist_ok=True)
             (build_dir / "lock").unlink(missing_ok=True)  # stale baton of a killed build
-            print(f"building fastconv._C (once) into {build_dir} "
-                  f"[{'C++ and CUDA' if with_cuda else 'C++ only'}; this takes a few minutes]",
-                  file=sys.stderr, flush=True)
-            t0 = time.time()
-            cpp_extension.load(
-                name="_C",
+            root = _build.source_root()
+            kwargs = dict(
+                name=name,
                 sources=[str(s) for s in sources],
-                extra_cflags=_build.extra_cflags() + (["-DFASTCONV_WITH_CUDA"] if with_cuda else []),
-                extra_cuda_cflags=_build.extra_cuda_cflags() + ["-DFASTCONV_WITH_CUDA"],
+                extra_cflags=_build.extra_cflags(),
+                extra_cuda_cflags=_build.extra_cuda_cflags(),
                 extra_ldflags=_build.extra_ldflags(),
-                extra_include_paths=[str(root)] + (_build.pip_cuda_include_dirs() if with_cuda else []),
+                extra_include_paths=[str(root)] + (_build.pip_cuda_include_dirs() if cuda else []),
                 build_directory=str(build_dir),
-                with_cuda=with_cuda,
+                with_cuda=cuda,
                 is_python_module=False,
-                verbose=os.environ.get("FASTCONV_VERBOSE_BUILD") == "1",
+                verbose=True,
             )
-            print(f"built fastconv._C in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-        else:
-            torch.ops.load_library(str(lib))
-    _status["path"] = str(lib)
-    _status["mode"] = "jit"
+            _compile(PART[name], kwargs, build_dir / "build.log")
+    torch.ops.load_library(str(lib))
+    _record(name, lib, "jit")
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _compile(part: str, kwargs: dict, log: Path) -> None:
+    """Run torch.utils.cpp_extension.load(**kwargs) in a child process, its output in ``log``,
+    printing progress; raise BuildError with the compiler's first error lines on failure."""
+    code = ("import json, sys\nfrom torch.utils import cpp_extension\n"
+            "cpp_extension.load(**json.loads(sys.argv[1]))\n")
+    t0 = time.time()
+    print(f"fastconv: building the {part} (once, for this torch and these sources) into "
+          f"{kwargs['build_directory']}; log: {log}", file=sys.stderr, flush=True)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)], stdout=fh,
+                                stderr=subprocess.STDOUT, env=dict(os.environ), cwd=kwargs["build_directory"])
+        while True:
+            try:
+                proc.wait(timeout=PROGRESS_EVERY_S)
+                break
+            except subprocess.TimeoutExpired:
+                print(f"fastconv: building the {part}: {time.time() - t0:.0f} s{_files_done(log)} "
+                      f"(log: {log})", file=sys.stderr, flush=True)
+    if proc.returncode != 0:
+        raise BuildError(f"building the {part} failed after {time.time() - t0:.0f} s (log: {log}):\n"
+                         + first_errors(log.read_text(errors="replace")))
+    print(f"fastconv: built the {part} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def _files_done(log: Path) -> str:
+    """', 3/9 steps' from the last ninja progress line of the log (empty if none yet)."""
+    try:
+        steps = re.findall(r"^\[(\d+)/(\d+)\]", log.read_text(errors="replace"), re.M)
+    except OSError:
+        return ""
+    return f", {steps[-1][0]}/{steps[-1][1]} steps" if steps else ""
+
+
+def first_errors(text: str, limit: int = 12) -> str:
+    """The first compiler error lines of a build log (else its last lines)."""
+    lines = text.splitlines()
+    errs = [i for i, ln in enumerate(lines) if re.search(r"\berror\b|FAILED:|fatal", ln, re.I)]
+    if not errs:
+        return "\n".join(lines[-limit:])
+    start = errs[0]
+    return "\n".join(lines[start:start + limit])

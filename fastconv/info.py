@@ -88,6 +88,20 @@ def device_name(device: torch.device) -> str:
     return "cpu: " + cpu_model()
 
 
+def kernels(backend: str, device: torch.device) -> str:
+    """What runs a model's layers, in words: the backend and the GPU, or the CPU and, for the
+    ``cpu`` backend, the ISA of its C++ kernels (the first line of ``fastconv train``)."""
+    if device.type == "cuda":
+        where = f"on {torch.cuda.get_device_name(device)}"
+    else:
+        where = f"on {cpu_model()}, {torch.get_num_threads()} thread{'' if torch.get_num_threads() == 1 else 's'}"
+    if backend == "torch":
+        return f"torch.nn layers {where}"
+    if backend == "cpu":
+        return f"fastconv cpu backend ({cpu_isa()} C++ kernels) {where}"
+    return f"fastconv {backend} backend {where}"
+
+
 def driver_version() -> str | None:
     """The NVIDIA driver's version (``nvidia-smi``), None without one."""
     try:
@@ -142,7 +156,7 @@ def info() -> dict:
         "compiler": shutil.which("c++") or shutil.which("g++"),
         "cpu": cpu(),
         "gpus": gpus(),
-        "extension": {k: ext[k] for k in ("built", "cuda_kernels", "path", "error", "mode")},
+        "extension": {k: ext[k] for k in ("built", "cuda_kernels", "path", "error", "mode", "cuda")},
         "backends": backends.available(),
         "backend": backends.current(),
     }
@@ -163,8 +177,12 @@ def format_info(d: dict) -> str:
         lines.append("  gpus       none visible")
     e = d["extension"]
     if e["built"]:
-        lines.append(f"  extension  built ({e['mode']}), CUDA kernels {'in' if e['cuda_kernels'] else 'not compiled in'}"
-                     f": {e['path']}")
+        lines.append(f"  extension  C++ kernels built ({e['mode']}): {e['path']}")
+        c = e["cuda"]
+        if c["built"]:
+            lines.append(f"             CUDA kernels built ({c['mode']}): {c['path']}")
+        else:
+            lines.append(f"             CUDA kernels not built: {c['why']}")
     else:
         lines.append(f"  extension  NOT built: {e['error']}")
     lines.append(f"  backend    {d['backend']} (active)")

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from fastconv.info import cpu_isa, cpu_model
 from fastconv import nn as fnn
 from fastconv.train import checkpoint, data
 from fastconv.train.cli import format_comparison, main
@@ -115,6 +116,11 @@ def test_smoke_run_writes_summary_and_checkpoints(tmp_path, capsys):
     assert last["optimizer"]["param_groups"][0]["lr"] == lr_at(1, 2, 3e-3)
     out = capsys.readouterr().out
     assert "epoch   1/1" in out and "val acc" in out and "img/s" in out
+    # the first line says which kernels run: the backend and, on the CPU, the model (and ISA)
+    first = out.splitlines()[0]
+    assert first.startswith(f"fastconv train: fastconv {s['backend']} backend") and cpu_model() in first
+    if s["backend"] == "cpu":
+        assert f"({cpu_isa()} C++ kernels)" in first
 
 
 def test_torch_layers_and_sgd(tmp_path):

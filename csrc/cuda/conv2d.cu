@@ -7,9 +7,8 @@
 //            (conv2d_tile.cuh) with x as its source: the full-resolution conv
 //            output never leaves the registers.
 //   backward dx (conv2d_dgrad.cu) and dw, db (conv2d_wgrad.cu), both reading
-//            dC through the unpool prologue (conv2d_sources.cuh):
-//
-//   dC[n,k,p,q] = dy[n,k,p/pool,q/pool] * (idx == (p%pool)*pool + q%pool) * (!relu || !(y <= 0))
+//            the conv-output gradient dC through the unpool prologue
+//            (docs/design.md §2.2, implemented by conv2d_sources.cuh).
 
 #include <array>
 #include <optional>

@@ -32,8 +32,8 @@ def available() -> str | None:
     missing = extension_missing()
     if missing:
         return missing
-    if not _ext.status()["cuda_kernels"]:
-        return "the extension was built without CUDA kernels (see `fastconv info`)"
+    if not _ext.load_cuda():  # built on this first use with a device (fastconv/_ext.py)
+        return f"the CUDA kernels are not built: {_ext.status()['cuda']['why']} (see `fastconv info`)"
     return None
 
 
@@ -54,5 +54,7 @@ def _too_large(op: str, args) -> str | None:
 
 
 def unsupported(op: str, *args) -> str | None:
-    reason = unsupported_on("cuda", op, args[0])
-    return reason or _too_large(op, args)
+    x = args[0]
+    if x.device.type == "cuda" and not _ext.load_cuda():
+        return f"the CUDA kernels are not built: {_ext.status()['cuda']['why']}"
+    return unsupported_on("cuda", op, x) or _too_large(op, args)

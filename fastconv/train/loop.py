@@ -384,11 +384,12 @@ def _fit(run: _Run) -> TrainResult:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = not cfg.deterministic
+    from ..info import kernels
+
     backend = serving_backend(cfg, device)
-    log(f"fastconv train: {cfg.data} ({len(ds.train_y)} train / {len(ds.val_y)} val, {ds.channels}x"
-        f"{ds.image_size}x{ds.image_size}), {cfg.layers} layers, backend {backend}, {device}"
-        f"{f' x {world.size} ranks' if world.distributed else ''}, {cfg.optimizer} lr {run.peak_lr:g}, "
-        f"batch {cfg.batch_size}, {cfg.epochs} epochs")
+    log(f"fastconv train: {kernels(backend, device)}{f' x {world.size} ranks' if world.distributed else ''}; "
+        f"{cfg.data} ({len(ds.train_y)} train / {len(ds.val_y)} val, {ds.channels}x{ds.image_size}x"
+        f"{ds.image_size}), {cfg.optimizer} lr {run.peak_lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs")
 
     run.model.train()
     while pr.epoch < cfg.epochs and not pr.stopped:
