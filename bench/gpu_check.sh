@@ -130,9 +130,11 @@ import sys, time
 t0 = time.time()
 from fastconv import _ext
 ok = _ext.load()
-st = _ext.status()
-print(f"extension: {'built' if ok else 'NOT built'} in {time.time() - t0:.1f} s, mode {st['mode']}, "
-      f"CUDA kernels {'in' if st['cuda_kernels'] else 'NOT in'}: {st['path'] or st['error']}")
+st = _ext.status()  # with a GPU visible, this loads (or builds) the CUDA kernels too
+c = st["cuda"]
+print(f"extension: C++ kernels {'built' if ok else 'NOT built'} ({st['mode']}): {st['path'] or st['error']}; "
+      f"CUDA kernels {'built (' + c['mode'] + '): ' + c['path'] if c['built'] else 'NOT built: ' + str(c['why'])}; "
+      f"{time.time() - t0:.1f} s")
 need_cuda = sys.argv[1] == "0"
 sys.exit(0 if ok and (st["cuda_kernels"] or not need_cuda) else 1)
 EOF
@@ -141,16 +143,26 @@ EOF
   return $rc
 }
 
+# Every GPU test; skips are reported (-rs) and, on a GPU, a test file with GPU tests of which
+# none passed (skipped whole: a missing package, a backend that is unavailable) fails the phase.
 gpu_tests() {
-  local args=(-m "$1" -q -rf -p no:cacheprovider)
+  local args=(-m "$1" -q -rfEsp -p no:cacheprovider) f
   if "$PY" -c "import pytest_timeout" 2>/dev/null; then args+=(--timeout=120); fi
   if [ "$DRY" = 0 ] && "$PY" -c "import xdist" 2>/dev/null; then args+=(-n 4); fi
   echo "pytest ${args[*]}  (log: tests.log)"
   "$PY" -m pytest "${args[@]}" >"$OUT/tests.log" 2>&1
   local rc=$?
-  # rc 5: no test was collected (nothing GPU-marked yet), not a failure
-  if (( rc == 5 )); then echo "no GPU-marked tests collected"; rc=0; fi
-  tail -n 25 "$OUT/tests.log"
+  if (( rc == 5 )); then echo "no GPU-marked test was collected"; rc=1; fi
+  grep -E '^(SKIPPED|FAILED|ERROR)' "$OUT/tests.log" | head -n 20
+  if [ "$DRY" = 0 ]; then
+    for f in $(grep -l 'pytest.mark.gpu' tests/test_*.py); do
+      if ! grep -q "^PASSED $f::" "$OUT/tests.log"; then
+        echo "GPU test file $f: no test passed (skipped whole?)"
+        rc=1
+      fi
+    done
+  fi
+  tail -n 3 "$OUT/tests.log"
   return $rc
 }
 

@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_kernel.h"
 #include "ops.h"
 
 TORCH_LIBRARY(fastconv_C, m) {
@@ -29,6 +30,15 @@ TORCH_LIBRARY(fastconv_C, m) {
         "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_bwd(Tensor dy, Tensor idx, int[2] input_hw, int[2] kernel, int[2] stride, "
         "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+  // The copy of the vector kernels a CPU call runs now: base, avx2 or avx512 (the CPU's widest,
+  // lowered by FASTCONV_CPU_ISA; csrc/cpu/cpu_kernel.h).
+  m.def("cpu_isa() -> str", []() -> std::string {
+    switch (fastconv::cpu::cpu_isa()) {
+      case fastconv::cpu::Isa::kAvx512: return "avx512";
+      case fastconv::cpu::Isa::kAvx2: return "avx2";
+      default: return "base";
+    }
+  });
 }
 
 TORCH_LIBRARY_IMPL(fastconv_C, CPU, m) { FASTCONV_IMPL_ALL(m, cpu); }

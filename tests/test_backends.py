@@ -75,3 +75,34 @@ def test_available_reports_every_backend():
     assert av["reference"] is None
     if not torch.cuda.is_available():
         assert av["cuda"] == "no CUDA device is visible"
+
+
+def test_strict_auto_that_would_fall_back_is_an_error(monkeypatch):
+    """auto in strict mode: no fastconv kernel for the call is an error naming each candidate's
+    reason; reference chosen by the measured table is a choice, and runs."""
+    from fastconv.backends import autoselect
+
+    x, w = torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3)
+    monkeypatch.setattr(autoselect, "candidates", lambda op, args: ["cuda"])  # cannot take CPU tensors
+    with fastconv.use_backend("auto", strict=True):
+        with pytest.raises(fastconv.BackendUnsupportedError, match=r"'auto' found no kernel for conv2d_fwd \(cuda: "):
+            fastconv.conv2d(x, w)
+    with fastconv.use_backend("auto"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto's fallback is silent outside strict mode
+        fastconv.conv2d(x, w)
+    assert backends.last_selected["conv2d_fwd"] == "reference"
+    monkeypatch.setattr(autoselect, "candidates", lambda op, args: ["reference"])
+    with fastconv.use_backend("auto", strict=True):
+        fastconv.conv2d(x, w)
+    assert backends.last_selected["conv2d_fwd"] == "reference"
+
+
+def test_last_selected_names_the_backend_that_ran():
+    x = torch.randn(1, 2, 6, 6)
+    with fastconv.use_backend("reference", strict=True):
+        fastconv.relu(x)
+    assert backends.last_selected["relu_fwd"] == "reference"
+    if backends.get("cpu").available() is None:
+        with fastconv.use_backend("cpu", strict=True):
+            fastconv.max_pool2d(x, 2)
+        assert backends.last_selected["max_pool2d_fwd"] == "cpu"

@@ -316,4 +316,7 @@ def test_convert_on_cuda():
     assert conv.conv1.weight.is_cuda and conv.conv1.weight is model.conv1.weight
     x = torch.randn(8, 3, 32, 32, device="cuda")
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        torch.testing.assert_close(conv(x), model(x), rtol=1e-4, atol=1e-4)
+        with fastconv.use_backend("auto", strict=True):  # a fastconv kernel, never a silent reference
+            y = conv(x)
+        assert fastconv.backends.last_selected["conv2d_fwd"] in ("triton", "cuda")
+        torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)

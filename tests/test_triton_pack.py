@@ -1,6 +1,5 @@
-"""The triton backend's packed-weight cache (fastconv/backends/triton/_pack.py)."""
-import gc
-
+"""The triton backend's packed weights (fastconv/backends/triton/_pack.py): the layout, and every
+update of a weight seen by the next call, those through .data included."""
 import torch
 import torch.nn.functional as F
 
@@ -13,21 +12,10 @@ from oracle import assert_close  # noqa: E402
 pytestmark = TRITON_TESTS
 
 
-def test_weight_packing_is_cached_per_version():
+def test_weight_packing_layout():
     w = torch.randn(4, 3, 3, 3, device=DEV)
-    p1 = _pack.packed_weight(w)
-    assert p1.shape == (4, 3, 3, 3) and p1.is_contiguous()
-    assert torch.equal(p1, w.permute(0, 2, 3, 1))
-    assert _pack.packed_weight(w) is p1
-    with torch.no_grad():
-        w.add_(1.0)
-    p2 = _pack.packed_weight(w)
-    assert p2 is not p1 and torch.equal(p2, w.permute(0, 2, 3, 1))
-    key = id(w)
-    assert key in _pack._cache
-    del w, p1, p2
-    gc.collect()
-    assert key not in _pack._cache  # the entry goes with its weight
+    p = _pack.packed_weight(w)
+    assert p.shape == (4, 3, 3, 3) and p.is_contiguous() and torch.equal(p, w.permute(0, 2, 3, 1))
     wcl = torch.randn(4, 3, 3, 3, device=DEV).contiguous(memory_format=torch.channels_last)
     assert _pack.packed_weight(wcl).data_ptr() == wcl.data_ptr()  # already [K, R, S, C]: a view
 
@@ -40,4 +28,12 @@ def test_weight_update_between_calls_is_seen():
         with torch.no_grad():
             w.mul_(-2.0)
         y = fastconv.conv2d(x, w, padding=1)
-    assert_close("y", y, F.conv2d(x.cpu().double(), w.cpu().double(), padding=1), torch.float32, 27, DEV)
+        assert_close("y", y, F.conv2d(x.cpu().double(), w.cpu().double(), padding=1), torch.float32, 27, DEV)
+        w.data.mul_(-0.5)  # does not bump w._version: a cache keyed on it would serve the old weights
+        y = fastconv.conv2d(x, w, padding=1)
+        assert_close("y", y, F.conv2d(x.cpu().double(), w.cpu().double(), padding=1), torch.float32, 27, DEV)
+        wp = torch.nn.Parameter(w.detach().clone())
+        fastconv.conv2d(x, wp, padding=1).sum().backward()  # forward and backward of one call
+        wp.data.copy_(torch.randn_like(wp))
+        y = fastconv.conv2d(x, wp, padding=1)
+    assert_close("y", y, F.conv2d(x.cpu().double(), wp.detach().cpu().double(), padding=1), torch.float32, 27, DEV)

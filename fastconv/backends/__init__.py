@@ -21,7 +21,9 @@ backward in its own threads): ``set_backend(name)``, ``use_backend(name)``,
 or the environment variable ``FASTCONV_BACKEND``. ``auto`` picks per call. A
 chosen backend that cannot take a call falls back to ``reference`` with one
 warning; in strict mode (``FASTCONV_STRICT=1`` or ``use_backend(name,
-strict=True)``) that is a :class:`BackendUnsupportedError` instead.
+strict=True)``) that is a :class:`BackendUnsupportedError` instead, for
+``auto`` too when no fastconv kernel can take the call (``auto`` choosing
+``reference`` because the measured table says it is fastest is not a fallback).
 """
 from __future__ import annotations
 
@@ -122,16 +124,33 @@ def unsupported_reason(name: str, op: str, *args) -> str | None:
 
 
 def _auto(op: str, args) -> ModuleType:
+    """The first candidate that can take the call (``reference`` only where the measured table
+    names it, or as the fallback when none can: an error in strict mode)."""
     from . import autoselect
 
-    for name in autoselect.candidates(op, args):
+    names = autoselect.candidates(op, args)
+    for name in names:
         if unsupported_reason(name, op, *args) is None:
             return get(name)
+    if strict():
+        why = "; ".join(f"{n}: {unsupported_reason(n, op, *args)}" for n in names) or "no candidate for this device"
+        raise BackendUnsupportedError(f"fastconv backend 'auto' found no kernel for {op} ({why}); strict mode "
+                                      "forbids falling back to 'reference'")
     return get("reference")
 
 
 def select(op: str, *args) -> ModuleType:
-    """The backend module that runs ``op(*args)`` (args as the backend gets them)."""
+    """The backend module that runs ``op(*args)`` (args as the backend gets them); the name is
+    kept in ``last_selected[op]`` (tests check which kernel ran under ``auto``)."""
+    be = _select(op, args)
+    last_selected[op] = be.NAME
+    return be
+
+
+last_selected: dict[str, str] = {}
+
+
+def _select(op: str, args) -> ModuleType:
     name = current()
     if name == "auto":
         return _auto(op, args)

@@ -10,7 +10,7 @@ Kernel files (each starts with its math and layout):
 * ``relu.py``             relu forward / backward
 * ``configs.py`` launch configs per kernel, ``_tune.py`` choosing and caching them
   (``FASTCONV_TRITON_CONFIG`` pins, ``FASTCONV_TRITON_TUNE=0`` skips tuning),
-  ``_pack.py`` packed-weight cache, ``_geom.py`` the sizes of a conv launch,
+  ``_pack.py`` packed weights, ``_geom.py`` the sizes of a conv launch,
   ``_common.py`` shared device helpers,
   ``_compile_check.py`` compiles every kernel for sm_90 without a GPU
   (``python -m fastconv.backends.triton._compile_check``).
