@@ -391,8 +391,14 @@ def summary(rows: list[dict]) -> dict:
 
 
 def default_out_dir(device: torch.device) -> str:
-    """bench/results/<device slug>/"""
+    """bench/results/<device slug>/, and on a CPU <ISA of the C++ kernels>/ below it: one folder
+    per CPU model and per ISA variant measured on it (FASTCONV_CPU_ISA=avx2 on an AVX-512 host)."""
     slug = "".join(c if c.isalnum() else "-" for c in device_name(device).lower().replace("cpu: ", "cpu-"))
     while "--" in slug:
         slug = slug.replace("--", "-")
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug.strip("-"))
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug.strip("-"))
+    if device.type == "cpu":
+        from fastconv.info import cpu_isa
+
+        out = os.path.join(out, cpu_isa())
+    return out

@@ -4,9 +4,10 @@
   ``fastconv.conv2d(x, w, b, ..., activation, pool)`` (+ ``fastconv.max_pool2d``
   for a post pool), run under ``use_backend(name, strict=True)`` so that a call
   the backend cannot take raises instead of silently falling back. ``auto`` is
-  a policy, so it runs non-strict; the backends it actually used are recorded
-  (:func:`record_backends`) and a layer where it resolved to ``reference`` is
-  reported as skipped, never timed under the name ``auto``.
+  a policy: strict too (a call no fastconv kernel can take raises), but where it
+  chooses ``reference`` (the measured table, or its own timing on the first call,
+  fastconv/backends/measure.py) that is its answer and is timed; the backends it
+  used are recorded (:func:`record_backends`) in the row.
 * ``eager``: ``F.conv2d -> F.relu -> F.max_pool2d`` (cuDNN on a GPU, with
   ``cudnn.benchmark`` on; aten's CPU path on a CPU).
 * ``compile``: ``torch.compile`` of the eager function (fullgraph, static
@@ -112,7 +113,7 @@ def scope(provider: str):
     """The backend choice a provider runs under (nothing for the baselines)."""
     if provider in BASELINES:
         return contextlib.nullcontext()
-    return fastconv.use_backend(provider, strict=provider != "auto")
+    return fastconv.use_backend(provider, strict=True)
 
 
 @contextlib.contextmanager
@@ -138,12 +139,8 @@ def fallback_reason(provider: str, used: dict[str, set]) -> Optional[str]:
     """Why timing ``provider`` would time something else, from what a probe call used."""
     if provider in BASELINES:
         return None
-    if provider == "auto":
-        ref = sorted(op for op, names in used.items() if "reference" in names)
-        if ref:
-            return (f"auto resolved to 'reference' for {', '.join(ref)}: no native backend takes this call "
-                    "here")
-        return None
+    if provider == "auto":  # strict: a fallback raised already; reference here is auto's choice
+        return None if used else "no fastconv op was dispatched"
     other = sorted(f"{op}->{'/'.join(sorted(n))}" for op, n in used.items() if n != {provider})
     if other:
         return f"ran on another backend: {', '.join(other)}"

@@ -53,6 +53,9 @@ SUITES: dict[str, list[Layer]] = {
         _conv("cpu1 3-32@32", 64, 3, 32, 32, needs_dx=False),
         _conv("cpu2 32-64@16", 64, 32, 16, 64),
         _conv("cpu3 64-128@8", 64, 64, 8, 128),
+        _conv("cpu4 1-16@28 5x5", 64, 1, 28, 16, R=5, S=5, padding=2, needs_dx=False),  # MNIST first layer
+        _conv("cpu5 16-32@30 pad0", 64, 16, 30, 32, padding=0),
+        _conv("cpu6 64-64@56 vgg", 16, 64, 56, 64),
     ],
     # smoke tests and dry runs: tiny shapes that exercise every code path
     "tiny": [

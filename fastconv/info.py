@@ -97,9 +97,15 @@ def kernels(backend: str, device: torch.device) -> str:
         where = f"on {cpu_model()}, {torch.get_num_threads()} thread{'' if torch.get_num_threads() == 1 else 's'}"
     if backend == "torch":
         return f"torch.nn layers {where}"
+    from . import backends
+    from .backends import measure
+
+    auto = ""
+    if backends.current() == "auto" and measure.enabled():
+        auto = " (auto: each layer timed against PyTorch on its first call, the faster kept)"
     if backend == "cpu":
-        return f"fastconv cpu backend ({cpu_isa()} C++ kernels) {where}"
-    return f"fastconv {backend} backend {where}"
+        return f"fastconv cpu backend ({cpu_isa()} C++ kernels) {where}{auto}"
+    return f"fastconv {backend} backend {where}{auto}"
 
 
 def driver_version() -> str | None:
@@ -159,7 +165,14 @@ def info() -> dict:
         "extension": {k: ext[k] for k in ("built", "cuda_kernels", "path", "error", "mode", "cuda")},
         "backends": backends.available(),
         "backend": backends.current(),
+        "auto_choices": _auto_choices(),
     }
+
+
+def _auto_choices() -> dict:
+    from .backends import measure
+
+    return measure.cached()
 
 
 def format_info(d: dict) -> str:
@@ -186,6 +199,16 @@ def format_info(d: dict) -> str:
     else:
         lines.append(f"  extension  NOT built: {e['error']}")
     lines.append(f"  backend    {d['backend']} (active)")
+    from .backends import measure
+
+    choices = d.get("auto_choices") or {}
+    counts = {}
+    for name in choices.values():
+        counts[name] = counts.get(name, 0) + 1
+    what = ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or "none yet"
+    lines.append(f"  auto       {len(choices)} measured choice{'' if len(choices) == 1 else 's'} for this machine "
+                 f"({what}) in {measure.path()}"
+                 f"{'' if measure.enabled() else '; measuring is off (FASTCONV_AUTO_MEASURE=0)'}")
     for name, why in d["backends"].items():
         lines.append(f"    {name:<10} {'available' if why is None else 'unavailable: ' + why}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before triton is first imported, so it is set
 here, at collection time. GPU-only tests carry ``@pytest.mark.gpu`` and are
 skipped (with the reason) where CUDA is absent; bench/gpu_check.sh runs them.
+``auto`` does not measure here (FASTCONV_AUTO_MEASURE=0, fastconv/backends/measure.py).
 """
 import os
 
@@ -11,6 +12,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# auto keeps its static rule in the tests (reproducible: no timing decides which kernel a test
+# checks); tests/test_measure.py turns measuring on where it is the subject
+os.environ.setdefault("FASTCONV_AUTO_MEASURE", "0")
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -58,7 +58,7 @@ struct Plan {
   int64_t Hp, Wp, Cp;
   int64_t kk;      // pool * pool
   int64_t npix;    // conv pixels per output row
-  int64_t TP;      // pixels per register tile
+  int64_t TP;      // pixels a row is padded to: a multiple of every ISA copy's register tile (kTileTP)
   int64_t npix_pad;
 
   int64_t k0(int64_t b) const {  // first output channel of block b

@@ -7,24 +7,33 @@
 #error "define FASTCONV_ISA_KERNELS before including isa_each.h"
 #endif
 
+// FASTCONV_ISA_VEC_REGS: the hardware vector registers one 64-byte Vec (cpu_kernel.h) takes in
+// that copy -- 4 xmm (base: SSE2, 16 registers), 2 ymm (AVX2, 16), 1 zmm (AVX-512, 32) -- so that
+// a kernel sizes its register tile to the registers the ISA has.
 #define FASTCONV_ISA_NS isa_base
 #define FASTCONV_ISA_TARGET
+#define FASTCONV_ISA_VEC_REGS 4
 #include FASTCONV_ISA_KERNELS
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
+#undef FASTCONV_ISA_VEC_REGS
 
 #ifdef FASTCONV_X86
 #define FASTCONV_ISA_NS isa_avx2
 #define FASTCONV_ISA_TARGET FASTCONV_TARGET_AVX2
+#define FASTCONV_ISA_VEC_REGS 2
 #include FASTCONV_ISA_KERNELS
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
+#undef FASTCONV_ISA_VEC_REGS
 
 #define FASTCONV_ISA_NS isa_avx512
 #define FASTCONV_ISA_TARGET FASTCONV_TARGET_AVX512
+#define FASTCONV_ISA_VEC_REGS 1
 #include FASTCONV_ISA_KERNELS
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
+#undef FASTCONV_ISA_VEC_REGS
 #endif
 
 #undef FASTCONV_ISA_KERNELS

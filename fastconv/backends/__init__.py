@@ -123,14 +123,17 @@ def unsupported_reason(name: str, op: str, *args) -> str | None:
     return be.available() or be.unsupported(op, *args)
 
 
-def _auto(op: str, args) -> ModuleType:
+def _auto(op: str, args, may_measure: bool = True) -> ModuleType:
     """The first candidate that can take the call (``reference`` only where the measured table
     names it, or as the fallback when none can: an error in strict mode)."""
-    from . import autoselect
+    from . import autoselect, measure
 
     names = autoselect.candidates(op, args)
-    for name in names:
+    for i, name in enumerate(names):
         if unsupported_reason(name, op, *args) is None:
+            if may_measure and autoselect.measured(op, args, name) and measure.enabled():
+                options = [name] + [n for n in names[i + 1:] if unsupported_reason(n, op, *args) is None]
+                return get(measure.choose(op, args, list(dict.fromkeys(options + ["reference"])), get))
             return get(name)
     if strict():
         why = "; ".join(f"{n}: {unsupported_reason(n, op, *args)}" for n in names) or "no candidate for this device"
@@ -148,6 +151,11 @@ def select(op: str, *args) -> ModuleType:
 
 
 last_selected: dict[str, str] = {}
+
+
+def static_select(op: str, *args) -> ModuleType:
+    """What ``select`` runs before any measurement: auto's static rule (a label for logs)."""
+    return _auto(op, args, may_measure=False) if current() == "auto" else _select(op, args)
 
 
 def _select(op: str, args) -> ModuleType:

@@ -7,6 +7,11 @@ from the table that ``bench/bench_layers.py --write-autotable`` writes
 heuristic: the direct CUDA kernel for depthwise convs, Triton for the rest.
 The table may name ``reference`` (cuDNN, then relu and pool) where the fused
 kernels were measured slower.
+
+That order is the static rule. Where ``measured`` says so (every CPU call; a CUDA
+conv the table does not know), ``auto`` times the candidates and ``reference``
+on the first call of a shape and keeps the fastest (fastconv/backends/measure.py;
+``FASTCONV_AUTO_MEASURE=0`` leaves the static rule).
 """
 from __future__ import annotations
 
@@ -46,6 +51,19 @@ def _device_name(x) -> str:
     import torch
 
     return _device_name_of(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+def measured(op: str, args, first: str) -> bool:
+    """Whether ``auto`` times the candidates of this call (fastconv/backends/measure.py) instead
+    of taking ``first``: on CPU tensors always (no table there); on CUDA tensors when the
+    measured table has no entry for this layer on this card (the table is the prior)."""
+    x = args[0] if op != "conv2d_bwd" else args[1]
+    if x.device.type == "cpu":
+        return True
+    if x.device.type != "cuda" or not op.startswith("conv2d"):
+        return False
+    w, p = (args[1], args[3]) if op == "conv2d_fwd" else (args[2], args[5])
+    return _table().get(_device_name(x), {}).get(conv_key(x, tuple(w.shape), p)) is None
 
 
 def candidates(op: str, args) -> list[str]:

@@ -12,6 +12,22 @@ bfloat16 compute in float32):
   for the GEMM core with one fused pass around it each way.
 * ``max_pool2d`` (general) and ``relu``: direct kernels.
 
+How the vector code is written, and why: one source per row kernel
+(csrc/cpu/*_kernel.h, GCC vector extensions) compiled three times with target
+attributes -- AVX-512, AVX2+FMA and the portable x86-64 / compiler-vectorized
+baseline (csrc/cpu/isa_each.h) -- and picked per call for the CPU (cpu_isa()).
+Each copy computes in the ISA's native vector (zmm, ymm, xmm) with a register
+tile sized for its register file (32 zmm vs 16 ymm / xmm: csrc/cpu/
+conv2d_smallc_kernel.h), so no AVX2 or AVX-512 inner loop spills
+(``python -m fastconv.backends._cpu_codegen_check``, run by CI); a 64-byte
+generic vector on AVX2 spilled through the stack and ran 4-6x slower there.
+ATen's ``at::vec::Vectorized`` is compiled per CPU capability inside ATen's own
+build and not exported per capability to extensions, so an extension that wants
+all three copies in one library compiles its own; the GEMM-heavy convs go to
+ATen's convolution (oneDNN) instead of hand-written code. ``auto`` times this
+backend against PyTorch on the first call of each shape and keeps the faster
+(fastconv/backends/measure.py).
+
 Environment knobs (read on every call): ``FASTCONV_CPU_CONV=auto|smallc|aten``
 forces a conv core; ``FASTCONV_CPU_ISA=base|avx2|avx512`` lowers the
 instruction set of the vector kernels (never above what the CPU has).

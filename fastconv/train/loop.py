@@ -186,7 +186,7 @@ def serving_backend(cfg: TrainConfig, device: torch.device) -> str:
     x = torch.empty(1, 1, 8, 8, device=device)
     w = torch.empty(1, 1, 3, 3, device=device)
     p = _args.conv(x, w, None, 1, 1, 1, 1, "relu", 2)
-    return backends.select("conv2d_fwd", x, w, None, p).NAME
+    return backends.static_select("conv2d_fwd", x, w, None, p).NAME
 
 
 def _peak_lr(cfg: TrainConfig) -> float:

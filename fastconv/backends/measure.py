@@ -1,0 +1,164 @@
+"""``auto``'s measured choice: on the first call of a shape, time each candidate backend on that
+very call and keep the fastest, like ``torch.backends.cudnn.benchmark``.
+
+One design for CPU and GPU (``fastconv/backends/__init__.py`` asks ``choose`` whenever
+``autoselect.candidates`` leaves a choice):
+
+* the candidates are the static rule's backends that can take the call, plus ``reference``
+  (plain PyTorch: ATen's conv, then relu and pool), so ``auto`` is never slower than PyTorch by
+  more than the noise of the measurement;
+* each runs the call once to warm up, then again until ``REPS`` runs or ``BUDGET_S`` seconds
+  (at least once); the median counts. A fastconv backend wins only if it is at least ``MARGIN``
+  faster than ``reference``: a tie goes to PyTorch;
+* the choice is cached per device identity -- CPU model, ISA of the C++ kernels and thread count,
+  or GPU name -- and torch version, op and shape key, in memory and in
+  ``$FASTCONV_CACHE_DIR/autoselect.json`` (``~/.cache/fastconv``), so later processes reuse it;
+* ``FASTCONV_AUTO_MEASURE=0`` turns measuring off (tests, reproducible runs): the static rule
+  decides. Nothing is measured while a CUDA graph is being captured.
+
+``fastconv info`` lists the cached choices of this machine (``cached()``).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ENV = "FASTCONV_AUTO_MEASURE"
+REPS = 5
+BUDGET_S = 0.5  # per candidate, after the warm-up
+MARGIN = 0.03
+
+_lock = threading.Lock()
+_memory: dict[tuple, str] = {}
+_disk: dict | None = None
+
+
+def enabled() -> bool:
+    v = os.environ.get(ENV, "1").strip()
+    if v not in ("0", "1"):
+        raise ValueError(f"{ENV} must be 0 or 1, got {v!r}")
+    return v == "1"
+
+
+def path() -> Path:
+    from .. import _ext
+
+    return _ext.cache_dir() / "autoselect.json"
+
+
+def device_identity(device: torch.device) -> str:
+    return _identity(device.type, device.index, torch.get_num_threads(), os.environ.get("FASTCONV_CPU_ISA", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _identity(kind: str, index, threads: int, isa_env: str) -> str:
+    from ..info import cpu_isa, cpu_model  # (fastconv.info is the function; the module is this)
+
+    if kind == "cuda":
+        return f"cuda|{torch.cuda.get_device_name(index)}|torch {torch.__version__}"
+    return f"cpu|{cpu_model()}|{cpu_isa()}|{threads} threads|torch {torch.__version__}"
+
+
+def _signature(a):
+    if isinstance(a, torch.Tensor):
+        return (tuple(a.shape), a.dtype, a.stride())
+    return tuple(a) if isinstance(a, list) else a
+
+
+def shape_key(op: str, args) -> str:
+    """Everything about a call that decides which backend is fastest: shapes, dtype, layout and
+    the op's parameters (not the values)."""
+    parts = [op]
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            fmt = "cl" if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and \
+                not a.is_contiguous() else "c"
+            parts.append(f"{tuple(a.shape)}:{str(a.dtype).replace('torch.', '')}:{fmt}")
+        elif a is None:
+            parts.append("-")
+        else:
+            parts.append(repr(a))
+    return "|".join(parts)
+
+
+def _load() -> dict:
+    global _disk
+    if _disk is None:
+        try:
+            _disk = json.loads(path().read_text())
+        except (OSError, ValueError):
+            _disk = {}
+    return _disk
+
+
+def _save(key: str, name: str) -> None:
+    p = path()
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        table = _load()
+        table[key] = name
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, p)
+    except OSError:
+        pass  # a read-only cache folder: the choice lives in memory only
+
+
+def cached(device: torch.device | None = None) -> dict[str, str]:
+    """{shape key: backend} cached on disk for this machine (this device's identity)."""
+    ident = device_identity(device or torch.device("cpu"))
+    return {k.split("||", 1)[1]: v for k, v in _load().items() if k.startswith(ident + "||")}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device, name: str = "") -> float:
+    """Median seconds of ``fn()`` after a warm-up call (``name``: the candidate, for tests)."""
+    fn()  # warm-up (compiles, tunes, allocates)
+    _sync(device)
+    times, t_end = [], time.perf_counter() + BUDGET_S
+    while len(times) < REPS and (not times or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def choose(op: str, args, names: list[str], get) -> str:
+    """The backend among ``names`` (``reference`` among them) to run ``op(*args)`` with."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    fast = (op, device, torch.get_num_threads(), os.environ.get("FASTCONV_CPU_ISA", ""), tuple(names),
+            *map(_signature, args))
+    hit = _memory.get(fast)
+    if hit is not None:
+        return hit
+    key = f"{device_identity(device)}||{shape_key(op, args)}"
+    with _lock:
+        hit = _memory.get(key) or _load().get(key)
+        if hit in names:
+            _memory[fast] = hit
+            return hit
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return names[0]  # no timing inside a capture; decided on an uncaptured call
+        times = {}
+        with torch.no_grad():
+            for name in names:
+                fn = getattr(get(name), op)
+                times[name] = _time(lambda fn=fn: fn(*args), device, name)
+        best = min(times, key=times.get)
+        if best != "reference" and "reference" in times and times[best] > (1 - MARGIN) * times["reference"]:
+            best = "reference"
+        _memory[fast] = best
+        _save(key, best)
+    return best
