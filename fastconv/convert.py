@@ -9,19 +9,30 @@ chain
     Conv2d -> ReLU
 
 becomes one ``fastconv.nn.Conv2d(..., activation=, pool=)`` at the conv's qualified
-name. ReLU may be ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``,
+name. In eval mode (and with ``inplace=False``) a ``BatchNorm2d`` right after the conv
+is folded into it first (torch's ``fuse_conv_bn_eval``: a new conv with the scaled
+weight and shifted bias; the given model keeps its own), so ResNet / VGG-BN stems
+fuse for inference; in train mode BatchNorm stays where it is (the log says so). ReLU may be ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``,
 ``x.relu()`` or their in-place forms; the pool ``nn.MaxPool2d``, ``F.max_pool2d`` or
 ``torch.max_pool2d`` with kernel = stride = k, no padding, no dilation, floor mode. A
 link is fused only when the intermediate tensor has no other user, and a conv module
-called at several places only when every call site fuses the same way. What is left
-is swapped one for one: ``nn.Conv2d`` -> ``fastconv.nn.Conv2d``, ``nn.ReLU`` ->
+called at several places only when every call site fuses the same way.
+
+What fuses with nothing stays a torch module: fastconv's gain is the fusion, and alone
+its conv, ReLU or pool is no faster than torch's (an in-place ReLU would even keep an
+extra tensor), so converting never slows a model down. ``swap_unfused=True`` swaps them
+one for one anyway: ``nn.Conv2d`` -> ``fastconv.nn.Conv2d``, ``nn.ReLU`` ->
 ``fastconv.nn.ReLU``, ``nn.MaxPool2d`` (overlapping ones such as 3x3 / stride 2
 included) -> ``fastconv.nn.MaxPool2d``. Functional ReLUs and pools that fuse with
 nothing stay as they are.
 
+Tracing keeps as one call (a leaf) every torch.nn layer and every subclass of one that
+keeps torch's ``forward`` (airbench's ``BatchNorm(nn.BatchNorm2d)``), and any submodule
+whose forward fx cannot trace: the rest of the model still fuses.
+
 Result:
 
-* traced: an ``fx.GraphModule`` named like the model's class, whose module tree,
+* traced, something fused: an ``fx.GraphModule`` named like the model's class, whose module tree,
   parameters and buffers are the model's, in the same order: ``state_dict`` keys equal
   the original's, so checkpoints load both ways. Its ``forward`` is the converted
   model. A ReLU or pool module whose every call was fused into a conv is replaced by
@@ -29,11 +40,13 @@ Result:
   computes its own function when called on its own; a custom submodule whose
   ``forward`` applies ``F.relu`` / ``F.max_pool2d`` after a fused conv does not (its
   code is not rewritten, only the whole model's graph is).
-* not traceable (data-dependent control flow, ...), or a forward that switches grad /
-  autocast mode (``with torch.no_grad():``, which a graph does not record): the
-  model's own class with every supported leaf swapped one for one and no fusion; a
-  warning says why.
-* ``fuse=False``: the model's own class with leaves swapped one for one.
+* nothing fuses: the model's own class and forward (a copy, or the model with
+  ``inplace=True``), so the converted model runs exactly the original's code.
+* not traceable at the top (data-dependent control flow in the model's own forward,
+  ...), or a forward that switches grad / autocast mode (``with torch.no_grad():``,
+  which a graph does not record): the model's own class, nothing fused (leaves swapped
+  one for one with ``swap_unfused=True``); a warning says why.
+* ``fuse=False``: the model's own class (leaves swapped with ``swap_unfused=True``).
 
 Parameters and buffers are shared with the given model, never copied. With
 ``inplace=False`` (default) the module structure is deep-copied first, so the given
@@ -44,7 +57,8 @@ Modules left alone (and logged): conv/ReLU/pool subclasses that override ``forwa
 (or a conv's ``_conv_forward``), modules with hooks, lazy or parametrized convs,
 ``MaxPool2d(return_indices=True)``. Subclasses of ``nn.Conv2d`` that only add their
 own ``__init__`` are convs. What was replaced is logged (logger ``fastconv.convert``,
-INFO) and listed in ``result.fastconv_replacements``: a list of :class:`Replacement`.
+INFO) and listed in ``result.fastconv_replacements`` (a list of :class:`Replacement`);
+what was left, and why, in ``result.fastconv_left`` ((name, reason) pairs).
 """
 from __future__ import annotations
 
@@ -65,6 +79,17 @@ from . import nn as fnn
 from ._params import MAX_POOL
 
 __all__ = ["convert", "Replacement"]
+
+
+def _keeps_torch_forward(m: nn.Module) -> bool:
+    """A subclass of a torch.nn layer (say airbench's ``BatchNorm(nn.BatchNorm2d)``) whose forward
+    is torch's own: as much a leaf as torch's class (fx would trace into it and fail on
+    ``_check_input_dim``). Containers are not leaves."""
+    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or type(m).__module__.startswith("torch."):
+        return False
+    fwd = type(m).forward
+    return any(base.__module__.startswith("torch.nn") and base is not nn.Module and base.__dict__.get("forward") is fwd
+               for base in type(m).__mro__)
 
 log = logging.getLogger("fastconv.convert")
 
@@ -234,18 +259,39 @@ def _only_user(node: fx.Node) -> Optional[fx.Node]:
 @dataclass
 class _Site:
     conv: fx.Node
-    chain: list  # the ReLU / pool nodes folded into the conv, in graph order
+    chain: list  # the BatchNorm / ReLU / pool nodes folded into the conv, in graph order
     relu: bool
     pool: Optional[int]
+    bn: Optional[str] = None  # the eval-mode BatchNorm2d folded into the conv weights
 
 
-def _fusion_site(conv: fx.Node, m: nn.Conv2d, modules: dict) -> _Site:
-    """Follow conv's single-user chain: [relu] [pool] or pool relu."""
+def _foldable_bn(node: fx.Node, modules: dict) -> Optional[str]:
+    """node's target if it is an eval-mode BatchNorm2d with running statistics that torch's
+    ``fuse_conv_bn_eval`` can fold into the conv before it, else None."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    m = modules.get(node.target)
+    ok = (isinstance(m, nn.BatchNorm2d) and not m.training and m.track_running_stats
+          and m.running_mean is not None and not any(getattr(m, h, None) for h in ("_forward_hooks",
+                                                                                  "_forward_pre_hooks"))
+          and type(m).forward is nn.modules.batchnorm._BatchNorm.forward)
+    return node.target if ok else None
+
+
+def _fusion_site(conv: fx.Node, m: nn.Conv2d, modules: dict, fold_bn: bool = False) -> _Site:
+    """Follow conv's single-user chain: [batchnorm (eval)] [relu] [pool] or pool relu."""
     site = _Site(conv, [], False, None)
     if isinstance(m, fnn.Conv2d) and m.pool is not None:
         return site
     can_relu = not (isinstance(m, fnn.Conv2d) and m.activation is not None)
     cur = conv
+    nxt = _only_user(cur)
+    if nxt is not None and nxt.args and nxt.args[0] is cur and (bn := _foldable_bn(nxt, modules)):
+        if not fold_bn or m.training or isinstance(m, fnn.Conv2d) and m.activation is not None:
+            return site  # a BatchNorm between the conv and its relu / pool: nothing fuses across it
+        site.bn = bn
+        site.chain.append(nxt)
+        cur = nxt
     for _ in range(2):
         nxt = _only_user(cur)
         if nxt is None:
@@ -272,9 +318,27 @@ class _Tracer(fx.Tracer):
     def __init__(self):
         super().__init__()
         self.modes: set = set()
+        self.untraceable: dict[str, str] = {}  # submodule -> why it was kept as one call
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d)) or super().is_leaf_module(m, qualname)
+                or _keeps_torch_forward(m) or qualname in self.untraceable)
+
+    def call_module(self, m, forward, args, kwargs):
+        """A submodule whose forward fx cannot trace becomes one call (a leaf) instead of failing
+        the whole model: the rest of the model still fuses."""
+        qualname = self.path_of_module(m)
+        if self.is_leaf_module(m, qualname) or m is self.root:
+            return super().call_module(m, forward, args, kwargs)
+        before = set(self.graph.nodes)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as e:  # noqa: BLE001  (fx raises TraceError, TypeError, ...)
+            self.untraceable[qualname] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            for node in reversed([n for n in self.graph.nodes if n not in before]):
+                if not node.users:
+                    self.graph.erase_node(node)
+            return self.create_proxy("call_module", qualname, args, kwargs)
 
     def create_node(self, *args, **kwargs):
         self.modes.add((torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
@@ -285,23 +349,30 @@ class _Tracer(fx.Tracer):
 # --------------------------------------------------------------------------- convert
 
 
-def convert(model: nn.Module, fuse: bool = True, inplace: bool = False) -> nn.Module:
-    """Swap fastconv layers into ``model`` and fuse conv -> relu -> max-pool chains.
+def convert(model: nn.Module, fuse: bool = True, inplace: bool = False, swap_unfused: bool = False) -> nn.Module:
+    """Fuse the model's conv -> [batchnorm (eval)] -> relu -> max-pool chains into fastconv layers.
 
-    See the module docstring for what is fused, what is swapped and what comes back.
-    Returns the converted model; ``result.fastconv_replacements`` lists the changes.
+    See the module docstring for what is fused, what is left and what comes back.
+    Returns the converted model; ``result.fastconv_replacements`` lists the changes and
+    ``result.fastconv_left`` what was left as it is, and why.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, v in (("fuse", fuse), ("inplace", inplace), ("swap_unfused", swap_unfused)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
     work = model if inplace else _structural_copy(model)
     replacements: list[Replacement] = []
+    left: list[tuple[str, str]] = []
     if isinstance(work, (nn.Conv2d, nn.ReLU, nn.MaxPool2d)):
-        new = _swapped(work)
+        new = _swapped(work) if swap_unfused else None
         if new is not None:
             replacements.append(Replacement("", _short(work), _short(new)))
+        elif _swapped(work) is not None:
+            left.append(("", _UNFUSED))
         out = work if new is None else new
     elif not fuse:
-        out = _swap_leaves(work, {}, replacements)
+        out = _swap_leaves(work, {}, replacements, swap_unfused, left)
     else:
         tracer = _Tracer()
         try:
@@ -311,15 +382,29 @@ def convert(model: nn.Module, fuse: bool = True, inplace: bool = False) -> nn.Mo
                                    "torch.autocast(), ...), which an fx graph does not record")
         except Exception as e:  # any tracing failure: fx raises TraceError, TypeError, ...
             why = (str(e).strip().splitlines() or [""])[0]
-            log.warning("fastconv.convert: torch.fx cannot trace %s (%s: %s); swapping supported layers one "
-                        "for one, without fusion", type(model).__name__, type(e).__name__, why)
-            out = _swap_leaves(work, {}, replacements)
+            log.warning("fastconv.convert: torch.fx cannot trace %s (%s: %s); nothing is fused%s",
+                        type(model).__name__, type(e).__name__, why,
+                        " (supported layers swapped one for one)" if swap_unfused else "")
+            out = _swap_leaves(work, {}, replacements, swap_unfused, left)
         else:
-            out = _fuse(work, graph, type(model).__name__, replacements)
+            for name, why in tracer.untraceable.items():
+                left.append((name, f"torch.fx cannot trace it ({why}): kept as one call, its inside not fused"))
+            out = _fuse(work, graph, type(model).__name__, replacements, swap_unfused, left,
+                        fold_bn=not inplace and not model.training)
+            if model.training and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+                left.append(("", "the model is in train mode: BatchNorm2d layers stay (call .eval() first to "
+                                 "fold them into the convs for inference)"))
     for r in replacements:
         log.info("%s", r)
+    for name, why in left:
+        log.info("left %s as it is: %s", name or "<model>", why)
     out.fastconv_replacements = replacements
+    out.fastconv_left = left
     return out
+
+
+_UNFUSED = ("fuses with nothing: alone, fastconv's op is no faster than torch's, so the torch module "
+            "stays (swap_unfused=True swaps it)")
 
 
 def _structural_copy(model: nn.Module) -> nn.Module:
@@ -333,8 +418,10 @@ def _structural_copy(model: nn.Module) -> nn.Module:
                         "pass inplace=True to convert it in place") from e
 
 
-def _swap_leaves(root: nn.Module, fixed: dict, replacements: list) -> nn.Module:
-    """Replace every module object in root's tree by fixed[id] or its one-for-one swap.
+def _swap_leaves(root: nn.Module, fixed: dict, replacements: list, swap: bool = True,
+                 left: Optional[list] = None) -> nn.Module:
+    """Replace every module object in root's tree by fixed[id] or, with ``swap``, its
+    one-for-one swap (else it stays, noted in ``left``).
 
     Works on module objects, so a module registered under several names is replaced at
     every name (and recorded once, at its first name).
@@ -344,11 +431,15 @@ def _swap_leaves(root: nn.Module, fixed: dict, replacements: list) -> nn.Module:
         if id(m) in plan:
             continue
         new = _swapped(m)
-        if new is not None:
+        if new is not None and swap:
             plan[id(m)] = new
             replacements.append(Replacement(name, _short(m), _short(new)))
+        elif new is not None:
+            if left is not None:
+                left.append((name, _UNFUSED))
         elif isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d)) and not _is_fast(m):
-            log.info("left %s (%s) as it is: %s", name, type(m).__name__, _why_not(m))
+            if left is not None:
+                left.append((name, f"{type(m).__name__}: {_why_not(m)}"))
     for parent in root.modules():
         for name, child in parent._modules.items():
             if child is not None and id(child) in plan:
@@ -356,11 +447,12 @@ def _swap_leaves(root: nn.Module, fixed: dict, replacements: list) -> nn.Module:
     return root
 
 
-def _fuse(work: nn.Module, graph: fx.Graph, class_name: str, replacements: list) -> fx.GraphModule:
+def _fuse(work: nn.Module, graph: fx.Graph, class_name: str, replacements: list, swap: bool = True,
+          left: Optional[list] = None, fold_bn: bool = False) -> fx.GraphModule:
     modules = dict(work.named_modules())
     convs = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), nn.Conv2d)
              and _why_not(modules[n.target]) is None]
-    sites = [_fusion_site(n, modules[n.target], modules) for n in convs]
+    sites = [_fusion_site(n, modules[n.target], modules, fold_bn) for n in convs]
     # A conv module called at several places fuses only when every call fuses the same way.
     by_module: dict[int, list[_Site]] = {}
     for s in sites:
@@ -369,15 +461,20 @@ def _fuse(work: nn.Module, graph: fx.Graph, class_name: str, replacements: list)
     absorbed_modules: set[int] = set()
     for group in by_module.values():
         m = modules[group[0].conv.target]
-        kinds = {(s.relu, s.pool) for s in group}
+        kinds = {(s.relu, s.pool, s.bn) for s in group}
         if len(kinds) > 1:
             log.info("%s is called %d times with different epilogues; not fused",
                      group[0].conv.target, len(group))
             continue
-        relu, pool = kinds.pop()
-        if not relu and pool is None:
+        relu, pool, bn = kinds.pop()
+        if not relu and pool is None and bn is None:
             continue
-        new = fnn.Conv2d.from_torch(m, "relu" if relu else None, pool)
+        src = m
+        if bn is not None:  # torch's own folding: a new conv with the scaled weight and shifted bias
+            from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+            src = fuse_conv_bn_eval(m, modules[bn])
+        new = fnn.Conv2d.from_torch(src, "relu" if relu else None, pool)
         plan[id(m)] = new
         absorbed = []
         for s in group:
@@ -388,11 +485,13 @@ def _fuse(work: nn.Module, graph: fx.Graph, class_name: str, replacements: list)
                 graph.erase_node(n)
         replacements.append(Replacement(group[0].conv.target, _short(m), _short(new),
                                         tuple(dict.fromkeys(absorbed))))
+    if not plan:  # nothing fuses: the model's own structure (and forward), not a traced copy
+        return _swap_leaves(work, {}, replacements, swap, left)
     # ReLU / pool modules whose every call was fused away become Identity.
     still_called = {id(modules[n.target]) for n in graph.nodes if n.op == "call_module"}
     for i in absorbed_modules - still_called:
         plan[i] = nn.Identity()
-    _swap_leaves(work, plan, replacements)
+    _swap_leaves(work, plan, replacements, swap, left)
     gm = fx.GraphModule(work, graph, class_name)
     # Own exactly work's children, parameters and buffers, in work's order: unused modules are
     # kept and state_dict keys (and their order) equal the original's.

@@ -447,3 +447,22 @@ def test_harness_on_cuda():
             assert r["peak_mem_mb"] is not None and r["peak_mem_mb"] >= 0
             assert math.isfinite(r["roofline_pct"])
     assert all(rows[("auto", p)]["status"] in ("ok", "skipped") for p in ("fwd", "bwd", "fwdbwd"))
+
+
+def test_bench_models_on_the_reference_cnn(tmp_path, one_thread):
+    """bench/bench_models.py: every variant and pass timed, the saved activations counted (the
+    fused model saves less), what convert fused, and the result files."""
+    from bench import bench_models
+
+    out = tmp_path / "m"
+    rc = bench_models.main(["--models", "reference-cnn,airbench94", "--reps", "1", "--warmup", "1", "--threads", "1",
+                            "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = {(r["model"], r["variant"], r["pass"]): r for r in res["rows"]}
+    assert len(rows) == 8 and all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows.values())
+    eager, conv = rows[("reference-cnn", "eager", "train")], rows[("reference-cnn", "convert", "train")]
+    assert 0 < conv["saved_bytes"] < eager["saved_bytes"] and conv["fused"] == 2
+    assert rows[("airbench94", "convert", "infer")]["fused"] > rows[("airbench94", "convert", "train")]["fused"]
+    assert "| reference-cnn | train |" in (out / "results.md").read_text()
+    assert res["cpu"]["model"] and res["cpu"]["isa"]  # the machine is recorded

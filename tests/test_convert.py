@@ -1,4 +1,4 @@
-"""fastconv.convert on models written with torch.nn: what it fuses and swaps, that outputs
+"""fastconv.convert on models written with torch.nn: what it fuses and (swap_unfused=True) swaps, that outputs
 and every gradient equal the original's (float64), that parameters are shared and
 state_dict keys unchanged, that the given model is untouched, and the fallbacks."""
 import logging
@@ -60,7 +60,7 @@ def test_sequential():
         nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4, 5), nn.ReLU(),
     ).double()
     before = _types(model)
-    conv = fastconv.convert(model)
+    conv = fastconv.convert(model, swap_unfused=True)
     assert _types(model) == before, "the given model must stay untouched"
     assert isinstance(conv, fx.GraphModule)
     t = dict(conv.named_modules())
@@ -138,7 +138,7 @@ class Net(nn.Module):
 def test_nested_custom_modules_and_functional_relu():
     torch.manual_seed(0)
     model = Net().double()
-    conv = fastconv.convert(model)
+    conv = fastconv.convert(model, swap_unfused=True)
     t = dict(conv.named_modules())
     assert (t["stem.conv"].activation, t["stem.conv"].pool) == ("relu", 2)
     assert (t["body.a.conv"].activation, t["body.a.conv"].pool) == ("relu", 2)
@@ -183,7 +183,7 @@ def test_untraceable_model_swaps_leaves_and_says_so(caplog, cls):
     torch.manual_seed(0)
     model = cls().double()
     with caplog.at_level(logging.WARNING, logger="fastconv.convert"):
-        conv = fastconv.convert(model)
+        conv = fastconv.convert(model, swap_unfused=True)
     assert f"cannot trace {cls.__name__}" in caplog.text
     assert type(conv) is cls and conv is not model
     assert type(conv.conv) is fnn.Conv2d and conv.conv.activation is None
@@ -217,7 +217,7 @@ def test_conv_subclasses():
     torch.manual_seed(0)
     model = nn.Sequential(MyConv(3, 4), nn.ReLU(), nn.MaxPool2d(2), StandardizedConv(4, 4, 3, padding=1),
                           nn.ReLU()).double()
-    conv = fastconv.convert(model)
+    conv = fastconv.convert(model, swap_unfused=True)
     t = dict(conv.named_modules())
     assert type(t["0"]) is fnn.Conv2d and (t["0"].activation, t["0"].pool) == ("relu", 2)
     assert t["0"].bias is None
@@ -240,7 +240,7 @@ def test_conv_called_twice():
 
     torch.manual_seed(0)
     model = Twice().double()
-    conv = fastconv.convert(model)
+    conv = fastconv.convert(model, swap_unfused=True)
     assert (conv.conv.activation, conv.conv.pool) == (None, None)
     assert conv.same.activation == "relu"
     _check_same_function(model, conv, _input(1, 4, 8, 8))
@@ -261,7 +261,7 @@ def test_inplace_converts_the_given_model():
 def test_fuse_false_swaps_one_for_one():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2)).double()
-    conv = fastconv.convert(model, fuse=False)
+    conv = fastconv.convert(model, fuse=False, swap_unfused=True)
     assert type(conv) is nn.Sequential
     assert [type(m) for m in conv] == [fnn.Conv2d, fnn.ReLU, fnn.MaxPool2d]
     assert conv[0].activation is None
@@ -270,7 +270,7 @@ def test_fuse_false_swaps_one_for_one():
 
 
 def test_a_leaf_model():
-    conv = fastconv.convert(nn.Conv2d(3, 4, 3))
+    conv = fastconv.convert(nn.Conv2d(3, 4, 3), swap_unfused=True)
     assert type(conv) is fnn.Conv2d
     assert [r.name for r in conv.fastconv_replacements] == [""]
 
@@ -320,3 +320,116 @@ def test_convert_on_cuda():
             y = conv(x)
         assert fastconv.backends.last_selected["conv2d_fwd"] in ("triton", "cuda")
         torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- never slower, BatchNorm, leaves
+
+
+def test_by_default_what_fuses_with_nothing_stays_torch():
+    """A conv, ReLU or pool that fuses with nothing is no faster alone: it stays a torch module
+    (an in-place ReLU keeps its in-place form), and fastconv_left says why."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True)).double()
+    conv = fastconv.convert(model)
+    assert type(conv.get_submodule("0")) is fnn.Conv2d and conv.get_submodule("0").activation == "relu"
+    for name, cls in (("2", nn.MaxPool2d), ("3", nn.Conv2d), ("4", nn.BatchNorm2d), ("5", nn.ReLU)):
+        assert type(conv.get_submodule(name)) is cls, name
+    assert conv.get_submodule("5").inplace
+    left = dict(conv.fastconv_left)
+    assert "fuses with nothing" in left["2"] and "swap_unfused=True" in left["2"] and "fuses with nothing" in left["3"]
+    assert "train mode" in left[""] and "BatchNorm2d" in left[""]
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), model(x))
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), bn, nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).double()
+
+
+def test_batchnorm_folds_into_the_conv_in_eval_mode():
+    model = _bn_model().eval()
+    w_before = model[0].weight.detach().clone()
+    conv = fastconv.convert(model)
+    fused = conv.get_submodule("0")
+    assert type(fused) is fnn.Conv2d and (fused.activation, fused.pool) == ("relu", 2) and fused.bias is not None
+    assert all(type(conv.get_submodule(n)) is nn.Identity for n in ("1", "2", "3"))
+    r = {x.name: x for x in conv.fastconv_replacements}["0"]
+    assert r.absorbed[0] == "1" and len(r.absorbed) == 3
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), model(x))
+    # the given model is untouched: its conv, its BatchNorm, its weights
+    assert type(model[1]) is nn.BatchNorm2d and torch.equal(model[0].weight, w_before)
+
+
+def test_batchnorm_stays_in_train_mode_and_inplace():
+    model = _bn_model()
+    conv = fastconv.convert(model)  # train mode
+    assert type(conv.get_submodule("1")) is nn.BatchNorm2d and type(conv.get_submodule("0")) is nn.Conv2d
+    conv = fastconv.convert(model.eval(), inplace=True)  # would change the given model's weights
+    assert type(model[1]) is nn.BatchNorm2d
+
+
+class _BatchNorm(nn.BatchNorm2d):
+    """airbench's: a subclass with its own __init__ and torch's forward."""
+
+    def __init__(self, n):
+        super().__init__(n, momentum=0.6, eps=1e-12)
+
+
+def test_subclass_with_torch_forward_is_a_leaf(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.MaxPool2d(2), _BatchNorm(8), nn.GELU(),
+                          nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.MaxPool2d(2), _BatchNorm(8)).double()
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        with caplog.at_level(logging.WARNING, logger="fastconv.convert"):
+            conv = fastconv.convert(model)
+        assert "cannot trace" not in caplog.text, mode
+        assert type(conv.get_submodule("0")) is fnn.Conv2d and conv.get_submodule("0").pool == 2
+        assert type(conv.get_submodule("4")) is fnn.Conv2d and conv.get_submodule("4").pool == 2
+        x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+        torch.testing.assert_close(conv(x), model(x))
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # fx cannot trace this
+            return x * 2
+        return x
+
+
+def test_an_untraceable_submodule_becomes_a_leaf_and_the_rest_fuses():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), _DataDependent(),
+                          nn.Conv2d(8, 4, 3, padding=1), nn.ReLU()).double()
+    conv = fastconv.convert(model)
+    assert type(conv.get_submodule("0")) is fnn.Conv2d and (conv.get_submodule("0").pool,
+                                                           conv.get_submodule("0").activation) == (2, "relu")
+    assert type(conv.get_submodule("4")) is fnn.Conv2d and conv.get_submodule("4").activation == "relu"
+    assert "cannot trace" in dict(conv.fastconv_left)["3"]
+    for sign in (1, -1):
+        x = sign * torch.rand(2, 3, 8, 8, dtype=torch.float64)
+        torch.testing.assert_close(conv(x), model(x))
+
+
+def test_bad_flags_name_the_argument():
+    with pytest.raises(TypeError, match="swap_unfused must be a bool"):
+        fastconv.convert(nn.Conv2d(3, 4, 3), swap_unfused="yes")
+
+
+def test_nothing_fuses_gives_the_models_own_class():
+    """conv -> BatchNorm -> relu in train mode fuses nothing: the result is the model's own class
+    and forward (not a traced graph), so it cannot be slower."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True)).double()
+    conv = fastconv.convert(model)
+    assert type(conv) is nn.Sequential and conv is not model
+    assert [type(m) for m in conv] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] and conv[0].weight is model[0].weight
