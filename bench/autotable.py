@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from bench.model import Layer  # noqa: E402
 from fastconv.backends.autoselect import conv_key  # noqa: E402
 
-CANDIDATES = ("triton", "cuda", "reference")
+CANDIDATES = ("triton", "cuda", "vendor", "reference")
 
 
 def layer_key(layer: Layer, dtype: torch.dtype) -> str:

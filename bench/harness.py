@@ -337,7 +337,7 @@ def run(layers: list[tuple[str, Layer]], cfg: Config, on_progress: Optional[Call
 # --------------------------------------------------------------------------- speedups
 
 
-HEADLINE_ORDER = ("auto", "triton", "cuda", "cpu", "reference")
+HEADLINE_ORDER = ("auto", "triton", "cuda", "vendor", "cpu", "reference")
 
 
 def _times(rows: list[dict]) -> dict:

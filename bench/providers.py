@@ -26,7 +26,7 @@ from fastconv import backends
 
 from .model import Layer
 
-FASTCONV = ("auto", "triton", "cuda", "cpu", "reference")
+FASTCONV = ("auto", "triton", "cuda", "vendor", "cpu", "reference")
 BASELINES = ("eager", "compile")
 ALL = FASTCONV + BASELINES
 COMPILE_MODE = "max-autotune-no-cudagraphs"
@@ -34,7 +34,7 @@ COMPILE_MODE = "max-autotune-no-cudagraphs"
 
 def default_providers(device: torch.device) -> list[str]:
     if device.type == "cuda":
-        return ["triton", "cuda", "auto", "eager", "compile"]
+        return ["triton", "cuda", "vendor", "auto", "eager", "compile"]
     return ["cpu", "reference", "eager"]
 
 

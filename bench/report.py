@@ -19,7 +19,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 from bench.model import PASSES  # noqa: E402
 
-PROVIDER_ORDER = ("eager", "compile", "auto", "triton", "cuda", "cpu", "reference")
+PROVIDER_ORDER = ("eager", "compile", "auto", "triton", "cuda", "vendor", "cpu", "reference")
 PASS_TITLE = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward"}
 
 

@@ -71,7 +71,8 @@ def test_auto_on_cpu_uses_cpu_backend_when_built():
 
 def test_available_reports_every_backend():
     av = backends.available()
-    assert set(av) == {"reference", "cpu", "cuda", "triton"}
+    assert set(av) == {"reference", "cpu", "cuda", "triton", "vendor"}
+    assert av["vendor"] == av["triton"]  # it runs where the triton kernels run
     assert av["reference"] is None
     if not torch.cuda.is_available():
         assert av["cuda"] == "no CUDA device is visible"

@@ -318,7 +318,7 @@ def test_convert_on_cuda():
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         with fastconv.use_backend("auto", strict=True):  # a fastconv kernel, never a silent reference
             y = conv(x)
-        assert fastconv.backends.last_selected["conv2d_fwd"] in ("triton", "cuda")
+        assert fastconv.backends.last_selected["conv2d_fwd"] in ("triton", "cuda", "vendor")
         torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)
 
 

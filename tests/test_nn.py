@@ -274,14 +274,14 @@ def test_layers_on_cuda_match_torch(layout):
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         with fastconv.use_backend("auto", strict=True):  # a fastconv kernel, never a silent reference
             ya = pool(fast(a))
-        assert fastconv.backends.last_selected["conv2d_fwd"] in ("triton", "cuda")
+        assert fastconv.backends.last_selected["conv2d_fwd"] in ("triton", "cuda", "vendor")
         yb = F.max_pool2d(F.max_pool2d(F.relu(ref(b)), 2), 3, 2, 1)
         torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
         assert ya.is_contiguous(memory_format=layout)
         dy = torch.randn_like(yb)
         with fastconv.use_backend("auto", strict=True):
             ya.backward(dy)
-        assert fastconv.backends.last_selected["conv2d_bwd"] in ("triton", "cuda")
+        assert fastconv.backends.last_selected["conv2d_bwd"] in ("triton", "cuda", "vendor")
         yb.backward(dy)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-3, atol=1e-3)

@@ -34,12 +34,13 @@ import threading
 import warnings
 from types import ModuleType
 
-NAMES = ("auto", "reference", "cpu", "cuda", "triton")
+NAMES = ("auto", "reference", "cpu", "cuda", "triton", "vendor")
 _MODULES = {
     "reference": "fastconv.backends.reference",
     "cpu": "fastconv.backends.cpu",
     "cuda": "fastconv.backends.cuda",
     "triton": "fastconv.backends.triton",
+    "vendor": "fastconv.backends.vendor",
 }
 
 

@@ -80,12 +80,12 @@ def candidates(op: str, args) -> list[str]:
         w_shape = tuple(w.shape)
         best = _table().get(_device_name(x), {}).get(conv_key(x, w_shape, p))
         if best:
-            return [best, "triton", "cuda"]
+            return list(dict.fromkeys([best, "triton", "cuda", "vendor"]))
         C = x.shape[1]
         _, CG, R, S = w_shape
         if p.groups == C and CG == 1:  # depthwise: the direct CUDA kernel's home ground
-            return ["cuda", "triton"]
+            return ["cuda", "triton", "vendor"]
         # measured on an H200 (bench/results/nvidia-h200): the Triton kernels beat the
         # direct CUDA kernel on every small-C layer too (e.g. 3->32 @32: 0.098 vs 0.143 ms)
-        return ["triton", "cuda"]
+        return ["triton", "cuda", "vendor"]  # vendor: cuDNN's GEMM + the fused passes (measured)
     return ["cuda", "triton"]

@@ -1,0 +1,101 @@
+"""The ``vendor`` backend (fastconv/backends/vendor.py: the vendor's convolution with fastconv's
+Triton epilogue and prologue, fastconv/backends/triton/conv2d_vendor.py) against the float64
+oracle in strict mode: values, every gradient, window ties, NaN, layouts, asymmetric padding.
+Without a GPU the Triton kernels run in the interpreter on CPU tensors and ATen's CPU conv stands
+in for cuDNN; on a GPU (``gpu`` marks) the same cases run on cuDNN."""
+import pytest
+import torch
+
+from triton_cases import DEV, EXTRA_CASES, GPU_REALISTIC, TRITON_TESTS
+
+import fastconv  # noqa: E402
+from fastconv import backends  # noqa: E402
+from oracle import CONV_CASES, check_conv, check_conv_like_torch  # noqa: E402
+
+pytestmark = TRITON_TESTS
+
+
+@pytest.mark.parametrize("case", CONV_CASES + EXTRA_CASES[:4], ids=str)
+def test_conv_matches_oracle(case):
+    check_conv("vendor", case, torch.float32, DEV)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:6] + EXTRA_CASES[:2], ids=str)
+def test_conv_bfloat16(case):
+    """bf16 on small-integer data: the vendor's conv rounds its output to bf16 before the pool (as
+    eager cuDNN does), so on random data a window's max may legitimately differ from the float64
+    oracle's; integers are exact, and their ties are resolved the same way."""
+    check_conv("vendor", case, torch.bfloat16, DEV, integer=True)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[5], CONV_CASES[10]], ids=str)
+def test_conv_layouts(case, layout):
+    check_conv("vendor", case, torch.float32, DEV, layout=layout)
+
+
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c.kw.get("pool")][:5], ids=str)
+def test_window_ties_go_to_the_first_maximum(case):
+    check_conv("vendor", case, torch.float32, DEV, integer=True)
+
+
+def test_nan_and_inf_propagate_like_torch():
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    x[0, 0, 1, 1] = float("nan")
+    x[0, 1, 5, 6] = float("inf")
+    w = torch.rand(4, 3, 3, 3, dtype=torch.float64) + 0.1
+    b = torch.randn(4, dtype=torch.float64)
+    for kw in (dict(padding=1, activation="relu", pool=2), dict(padding=1, pool=2), dict(padding=1)):
+        check_conv_like_torch("vendor", x.float(), w.float(), b.float(), DEV, **kw) if DEV == "cuda" else None
+        # float64 on the CPU: the interpreter runs the Triton kernels in float64 too
+        out = {}
+        for name in ("vendor", "reference"):
+            xx, ww, bb = (t.clone().to(DEV, torch.float32).requires_grad_() for t in (x, w, b))
+            with fastconv.use_backend(name, strict=True):
+                y = fastconv.conv2d(xx, ww, bb, **kw)
+                y.backward(torch.ones_like(y))
+            out[name] = (y, xx.grad, ww.grad, bb.grad)
+        for a, e in zip(out["vendor"], out["reference"]):
+            torch.testing.assert_close(a.cpu(), e.cpu(), equal_nan=True, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_subsets():
+    """Only the asked-for gradients: dx alone, dw alone, db alone."""
+    case = CONV_CASES[0]
+    for need in ((True, False, False), (False, True, False), (False, False, True)):
+        x = torch.randn(case.N, case.C, case.H, case.W, device=DEV, requires_grad=need[0])
+        w = torch.randn(case.K, case.C, case.R, case.S, device=DEV, requires_grad=need[1])
+        b = torch.randn(case.K, device=DEV, requires_grad=need[2])
+        with fastconv.use_backend("vendor", strict=True):
+            fastconv.conv2d(x, w, b, **case.kw).sum().backward()
+        assert [t.grad is not None for t in (x, w, b)] == list(need)
+
+
+def test_it_is_one_of_autos_cuda_candidates():
+    from fastconv import _args
+    from fastconv.backends import autoselect
+
+    x, w = torch.empty(1, 8, 8, 8), torch.empty(8, 8, 3, 3)
+    p = _args.conv(x, w, None, 1, 1, 1, 1, "relu", 2)
+    xc = torch.empty(1, 8, 8, 8, device="meta")
+    xc.device.__class__  # (a meta tensor stands in for a CUDA one: only its device type is read)
+    monkey = autoselect._device_name
+    try:
+        autoselect._device_name = lambda t: "no such card"
+        cands = autoselect.candidates("conv2d_fwd", (_CudaLike(xc), w, None, p))
+    finally:
+        autoselect._device_name = monkey
+    assert "vendor" in cands and backends.last_selected is not None
+
+
+class _CudaLike:
+    """The shape and a CUDA device, all autoselect.candidates reads of x."""
+
+    def __init__(self, t):
+        self.shape, self.device, self.dtype = t.shape, torch.device("cuda"), t.dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,case", [(torch.bfloat16, c) for c in GPU_REALISTIC[:6]], ids=str)
+def test_gpu_realistic_layers_on_cudnn(case, dtype):
+    check_conv("vendor", case, dtype, "cuda", layout="channels_last", integer=True)
