@@ -63,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="also time each variant's whole step (forward, backward, optimizer) captured in a "
+                         "CUDA graph and replayed ('<variant> +graphs', fastconv/train/graphs.py); torch-compile "
+                         "graphs on its own (--compile-mode reduce-overhead)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile 3 steps of each variant (torch.profiler): the top ops and kernels")
     args = ap.parse_args(argv)
@@ -72,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--variants: unknown {', '.join(bad)}; variants are {', '.join(VARIANTS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible (use --device cpu)")
+    if args.cuda_graphs and args.device != "cuda":
+        ap.error("--cuda-graphs: CUDA graphs need --device cuda")
     return args
 
 
@@ -113,21 +119,35 @@ def time_steps(step, device, warmup: int, steps: int) -> tuple[list[float], list
     return samples, host
 
 
-def run_variant(variant: str, args, device, data) -> dict:
+def run_variant(variant: str, args, device, data, graphed: bool = False) -> dict:
     amp = args.precision == "bf16"
     model = make_model(variant, args, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     fwd = torch.compile(model, mode=args.compile_mode) if variant == "torch-compile" else model
 
-    def step(i):
-        x, y = data[i % len(data)]
+    def body(x, y):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.cross_entropy(fwd(x), y)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss
 
-    out = {"name": variant, "status": "ok", "note": ""}
+    def step(i):
+        x, y = data[i % len(data)]
+        opt.zero_grad(set_to_none=True)
+        body(x, y)
+
+    if graphed:
+        from fastconv.train.graphs import capture_step
+
+        replay = []
+
+        def step(i):  # noqa: F811  (the graphed step: captured on the first call, under its backend)
+            if not replay:
+                replay.append(capture_step(body, *data[0], opt))
+            replay[0](*data[i % len(data)])
+
+    out = {"name": variant + (" +graphs" if graphed else ""), "status": "ok", "note": "", "cuda_graphs": graphed}
     t0 = time.perf_counter()
     if variant == "fastconv":
         strict = args.backend != "auto"
@@ -191,22 +211,28 @@ def main(argv=None) -> int:
     data = [(torch.randn(args.batch, 3, args.image_size, args.image_size, device=device, generator=gen)
              .contiguous(memory_format=fmt),
              torch.randint(0, 10, (args.batch,), device=device, generator=gen)) for _ in range(4)]
-    for variant in args.variants:
+    # with --cuda-graphs, each variant but torch-compile (which graphs on its own with
+    # --compile-mode reduce-overhead) runs eager and then captured: "<variant> +graphs"
+    runs = [(v, False) for v in args.variants]
+    if args.cuda_graphs:
+        runs += [(v, True) for v in args.variants if v != "torch-compile"]
+    for variant, graphed in runs:
         try:
-            v = run_variant(variant, args, device, data)
+            v = run_variant(variant, args, device, data, graphed)
         except Exception as e:  # noqa: BLE001  (a failing variant is a result)
-            v = {"name": variant, "status": "error", "note": f"{type(e).__name__}: {str(e).strip()[:300]}"}
+            v = {"name": variant + (" +graphs" if graphed else ""), "status": "error",
+                 "note": f"{type(e).__name__}: {str(e).strip()[:300]}"}
         res["variants"].append(v)
         report.write_json(res, args.out)
         if v["status"] == "ok":
             mem = "" if v["peak_mem_mb"] is None else f", peak {v['peak_mem_mb']:.0f} MB"
-            print(f"train {variant:<14} {v['step_ms']:8.2f} ms/step [{v['step_ms_p20']:.2f}, "
+            print(f"train {v['name']:<14} {v['step_ms']:8.2f} ms/step [{v['step_ms_p20']:.2f}, "
                   f"{v['step_ms_p80']:.2f}], host {v['host_ms']:.2f} ms  {v['images_per_s']:9.0f} images/s{mem}",
                   flush=True)
             if "profile" in v:
                 print("\n".join(profiling.lines(v["profile"])), flush=True)
         else:
-            print(f"train {variant:<14} {v['status']}: {v['note']}", flush=True)
+            print(f"train {v['name']:<14} {v['status']}: {v['note']}", flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     ok = {v["name"]: v for v in res["variants"] if v["status"] == "ok"}
@@ -215,6 +241,9 @@ def main(argv=None) -> int:
             if base in ok:
                 res.setdefault("summary", {})[f"fastconv_vs_{base.replace('-', '_')}"] = (
                     ok[base]["step_ms"] / ok["fastconv"]["step_ms"])
+    if "fastconv +graphs" in ok and "torch-eager +graphs" in ok:
+        res.setdefault("summary", {})["fastconv_vs_torch_eager_graphed"] = (
+            ok["torch-eager +graphs"]["step_ms"] / ok["fastconv +graphs"]["step_ms"])
     report.write_json(res, args.out)
     return 0
 

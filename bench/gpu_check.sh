@@ -15,7 +15,7 @@
 #   memcheck   the same under compute-sanitizer memcheck (CUDA, then Triton)
 #   racecheck  the CUDA kernels under compute-sanitizer racecheck (full run only)
 #   layers     bench/bench_layers.py: suites x providers (fastconv, eager cuDNN, torch.compile)
-#   train      bench/bench_train.py: the reference CNN's training step, profiled
+#   train      bench/bench_train.py: the reference CNN's training step, profiled, eager and CUDA-graphed
 #   overhead   bench/bench_overhead.py: host time per op call (its table goes to summary.txt)
 #   autotable  the table `auto` reads, from the layer results
 #   report     results.md + speedup.png, then the short table, printed last
@@ -220,10 +220,10 @@ train() {
     "$PY" bench/bench_train.py --device cpu --batch 8 --warmup 1 --steps 3 --threads 1 \
       --variants fastconv,torch-eager --profile --out "$OUT/train.json"
   elif [ "$MODE" = quick ]; then
-    "$PY" bench/bench_train.py --compile-mode default --steps 20 --profile --out "$OUT/train.json"
+    "$PY" bench/bench_train.py --compile-mode default --steps 20 --profile --cuda-graphs --out "$OUT/train.json"
   else
     # default-mode compile: max-autotune of the whole step ran past 45 s on the first H200 run
-    "$PY" bench/bench_train.py --compile-mode default --profile --out "$OUT/train.json"
+    "$PY" bench/bench_train.py --compile-mode default --profile --cuda-graphs --out "$OUT/train.json"
   fi
 }
 

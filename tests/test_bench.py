@@ -466,3 +466,22 @@ def test_bench_models_on_the_reference_cnn(tmp_path, one_thread):
     assert rows[("airbench94", "convert", "infer")]["fused"] > rows[("airbench94", "convert", "train")]["fused"]
     assert "| reference-cnn | train |" in (out / "results.md").read_text()
     assert res["cpu"]["model"] and res["cpu"]["isa"]  # the machine is recorded
+
+
+def test_bench_train_cuda_graphs_needs_a_gpu(capsys):
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--out", "x.json", "--device", "cpu", "--cuda-graphs"])
+    assert "--cuda-graphs: CUDA graphs need --device cuda" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_bench_train_cuda_graphs(tmp_path):
+    """The graphed step of both fastconv and torch eager runs and is timed."""
+    out = tmp_path / "train.json"
+    assert bench_train.main(["--out", str(out), "--batch", "64", "--warmup", "2", "--steps", "5",
+                             "--variants", "fastconv,torch-eager", "--cuda-graphs"]) == 0
+    res = json.loads(out.read_text())
+    names = [v["name"] for v in res["variants"]]
+    assert names == ["fastconv", "torch-eager", "fastconv +graphs", "torch-eager +graphs"]
+    for v in res["variants"]:
+        assert v["status"] == "ok" and v["cuda_graphs"] == v["name"].endswith("+graphs") and v["step_ms"] > 0, v

@@ -417,6 +417,7 @@ def test_cifar10_errors_name_the_file(tmp_path, capsys, what, expected):
     (["--resume", "/nonexistent/fastconv/last.pt"], "--resume"),
     (["--compare", "--layers", "torch"], "--compare"),
     (["--optimizer", "lamb"], "--optimizer"),
+    (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs"),
     (["--unknown-flag"], "--unknown-flag"),
 ])
 def test_bad_arguments_exit_2_naming_the_flag(capsys, argv, flag):
@@ -543,3 +544,18 @@ def test_cuda_run_bf16_channels_last(tmp_path):
     assert s["backend"] in ("triton", "cuda", "vendor") and s["peak_memory_bytes"] > 0  # a fastconv kernel ran
     assert main(QUICK + ["--device", "cuda", "--data", "synthetic", "--image-size", "32", "--samples", "256",
                          "--epochs", "2", "--checkpoint-dir", str(tmp_path / "ck"), "--resume"]) == 0
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_train_like_the_eager_step(tmp_path):
+    """--cuda-graphs: forward + backward replayed from a CUDA graph; same losses as eager steps
+    (the graphed callable computes the same kernels), and it trains."""
+    runs = {}
+    for graphs in (False, True):
+        summary = tmp_path / f"s{graphs}.json"
+        argv = QUICK + ["--device", "cuda", "--data", "synthetic", "--image-size", "32", "--samples", "256",
+                        "--summary", str(summary)] + (["--cuda-graphs"] if graphs else [])
+        assert main(argv) == 0
+        runs[graphs] = _summary(summary)
+    assert runs[True]["backend"] in ("triton", "cuda", "vendor")
+    assert abs(runs[True]["train_loss"] - runs[False]["train_loss"]) < 1e-3 * max(1.0, runs[False]["train_loss"])

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
     r.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--cuda-graphs", action="store_true",
+                   help="run forward + backward as a CUDA graph (no host overhead per layer; one CUDA device, "
+                        "no --compile, no DDP; fastconv/train/graphs.py)")
     r.add_argument("--threads", type=_positive_int, metavar="N",
                    help="CPU threads (default: 1 for images up to 16x16, where threads cost more than they "
                         "save; else PyTorch's default)")
@@ -153,6 +156,14 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         why = backends.available().get(args.backend)
         if why:
             parser.error(f"--backend {args.backend}: not available here ({why})")
+    if args.cuda_graphs:
+        import torch
+
+        if args.device == "cpu" or not torch.cuda.is_available():
+            parser.error("--cuda-graphs: CUDA graphs need a CUDA device")
+        if args.compile:
+            parser.error("--cuda-graphs and --compile: choose one (torch.compile(mode='reduce-overhead') "
+                         "graphs on its own)")
     if args.resume == "auto" and args.checkpoint_dir is None:
         parser.error("--resume without a PATH needs --checkpoint-dir DIR")
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
@@ -169,7 +180,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         samples=args.samples or 8192, layers=args.layers or "fastconv", widths=args.widths, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         seed=args.seed, device=args.device, backend=args.backend, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, threads=args.threads, max_time=args.max_time,
+        channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs, threads=args.threads, max_time=args.max_time,
         steps_per_epoch=args.steps_per_epoch, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         deterministic=args.deterministic, quiet=args.quiet)
 

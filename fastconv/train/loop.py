@@ -70,6 +70,7 @@ class TrainConfig:
     amp: str = "none"                    # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False                # torch.compile the model
+    cuda_graphs: bool = False            # forward + backward as a CUDA graph (fastconv/train/graphs.py)
     threads: Optional[int] = None        # CPU threads; None: 1 for images up to 16x16, else torch's default
     max_time: Optional[float] = None     # seconds; stop cleanly past it
     steps_per_epoch: Optional[int] = None  # cap on batches per epoch (smoke runs)
@@ -99,6 +100,7 @@ class TrainResult:
     def summary(self, config: TrainConfig) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "model"}
         d.update(layers=config.layers, data=config.data, amp=config.amp, compile=config.compile,
+                 cuda_graphs=config.cuda_graphs,
                  channels_last=config.channels_last, fastconv=fastconv.__version__, torch=torch.__version__)
         return d
 
@@ -290,6 +292,15 @@ class _Run:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.cfg.compile:
             self.net = torch.compile(self.net)
+        if self.cfg.cuda_graphs:
+            from .graphs import graph_network
+
+            if self.world.distributed or self.cfg.compile or self.device.type != "cuda":
+                raise ValueError("cuda_graphs needs one CUDA device, without DDP or compile")
+            ds = self.ds
+            sample = torch.randn(self.cfg.batch_size, ds.channels, ds.image_size, ds.image_size,
+                                 device=self.device).contiguous(memory_format=self.fmt)
+            self.net = graph_network(self.net, sample, self.amp)
 
     def step(self, chunk: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step at learning rate ``lr`` on the training images ``chunk``.
@@ -298,7 +309,8 @@ class _Run:
             g["lr"] = lr
         x = self.ds.batch(self.ds.train_x[chunk], self.device, self.fmt)
         y = self.ds.train_y[chunk].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
+        with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None,
+                            cache_enabled=not self.cfg.cuda_graphs):  # graphed callables need it off
             out = self.net(x)
             loss = F.cross_entropy(out, y)
         self.opt.zero_grad(set_to_none=True)
