@@ -9,7 +9,6 @@ import torch
 from triton_cases import DEV, EXTRA_CASES, GPU_REALISTIC, TRITON_TESTS
 
 import fastconv  # noqa: E402
-from fastconv import backends  # noqa: E402
 from oracle import CONV_CASES, check_conv, check_conv_like_torch  # noqa: E402
 
 pytestmark = TRITON_TESTS
@@ -40,23 +39,15 @@ def test_window_ties_go_to_the_first_maximum(case):
 
 
 def test_nan_and_inf_propagate_like_torch():
+    """NaN and inf in x: values and every gradient equal torch's unfused ops (float32, the widest
+    dtype the Triton kernels take; NaN where torch has NaN, the same infinities)."""
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     x[0, 0, 1, 1] = float("nan")
     x[0, 1, 5, 6] = float("inf")
-    w = torch.rand(4, 3, 3, 3, dtype=torch.float64) + 0.1
+    w = torch.rand(4, 3, 3, 3, dtype=torch.float64) + 0.1  # positive: +inf stays +inf
     b = torch.randn(4, dtype=torch.float64)
     for kw in (dict(padding=1, activation="relu", pool=2), dict(padding=1, pool=2), dict(padding=1)):
-        check_conv_like_torch("vendor", x.float(), w.float(), b.float(), DEV, **kw) if DEV == "cuda" else None
-        # float64 on the CPU: the interpreter runs the Triton kernels in float64 too
-        out = {}
-        for name in ("vendor", "reference"):
-            xx, ww, bb = (t.clone().to(DEV, torch.float32).requires_grad_() for t in (x, w, b))
-            with fastconv.use_backend(name, strict=True):
-                y = fastconv.conv2d(xx, ww, bb, **kw)
-                y.backward(torch.ones_like(y))
-            out[name] = (y, xx.grad, ww.grad, bb.grad)
-        for a, e in zip(out["vendor"], out["reference"]):
-            torch.testing.assert_close(a.cpu(), e.cpu(), equal_nan=True, rtol=1e-4, atol=1e-4)
+        check_conv_like_torch("vendor", x.float(), w.float(), b.float(), DEV, **kw)
 
 
 def test_gradient_subsets():
@@ -71,28 +62,19 @@ def test_gradient_subsets():
         assert [t.grad is not None for t in (x, w, b)] == list(need)
 
 
-def test_it_is_one_of_autos_cuda_candidates():
+def test_it_is_one_of_autos_cuda_candidates(monkeypatch):
+    """On a card the measured table does not know, auto's static rule lists vendor (and times it)."""
+    from types import SimpleNamespace
+
     from fastconv import _args
     from fastconv.backends import autoselect
 
-    x, w = torch.empty(1, 8, 8, 8), torch.empty(8, 8, 3, 3)
-    p = _args.conv(x, w, None, 1, 1, 1, 1, "relu", 2)
-    xc = torch.empty(1, 8, 8, 8, device="meta")
-    xc.device.__class__  # (a meta tensor stands in for a CUDA one: only its device type is read)
-    monkey = autoselect._device_name
-    try:
-        autoselect._device_name = lambda t: "no such card"
-        cands = autoselect.candidates("conv2d_fwd", (_CudaLike(xc), w, None, p))
-    finally:
-        autoselect._device_name = monkey
-    assert "vendor" in cands and backends.last_selected is not None
-
-
-class _CudaLike:
-    """The shape and a CUDA device, all autoselect.candidates reads of x."""
-
-    def __init__(self, t):
-        self.shape, self.device, self.dtype = t.shape, torch.device("cuda"), t.dtype
+    w = torch.empty(8, 8, 3, 3)
+    p = _args.conv(torch.empty(1, 8, 8, 8), w, None, 1, 1, 1, 1, "relu", 2)
+    x = SimpleNamespace(shape=(1, 8, 8, 8), dtype=torch.float32, device=torch.device("cuda"))  # all it reads
+    monkeypatch.setattr(autoselect, "_device_name", lambda t: "a card the table does not know")
+    assert autoselect.candidates("conv2d_fwd", (x, w, None, p)) == ["triton", "cuda", "vendor"]
+    assert autoselect.measured("conv2d_fwd", (x, w, None, p))
 
 
 @pytest.mark.gpu

@@ -16,21 +16,21 @@ namespace FASTCONV_ISA_NS {
 template <typename T>
 FASTCONV_INLINE FASTCONV_ISA_TARGET void pool_vec(const T* w0, int64_t ldr, int64_t K, int64_t p, const T* bias,
                                                   bool relu, T* yo, T* io, int64_t k) {
-  using V = NVec<T>;
-  V m = nload(w0 + k);
+  using V = Vec<T>;
+  V m = load(w0 + k);
   V id = V{};
   for (int64_t di = 0; di < p; ++di)
     for (int64_t dj = 0; dj < p; ++dj) {
       if (di == 0 && dj == 0) continue;
-      const V a = nload(w0 + di * ldr + dj * K + k);
+      const V a = load(w0 + di * ldr + dj * K + k);
       const auto take = (a > m) | (a != a);
       m = take ? a : m;
       id = take ? (V{} + static_cast<T>(di * p + dj)) : id;
     }
-  if (bias) m += nload(bias + k);
+  if (bias) m += load(bias + k);
   if (relu) m = (m < V{}) ? V{} : m;
-  nstore(yo + k, m);
-  nstore(io + k, id);
+  store(yo + k, m);
+  store(io + k, id);
 }
 
 // Scalar version for channel counts below one vector.
@@ -72,8 +72,8 @@ FASTCONV_ISA_TARGET void pool_row(const T* c, int64_t Q, int64_t K, int64_t QO, 
 
 template <typename T>
 FASTCONV_INLINE FASTCONV_ISA_TARGET void unpool_vec(const T* g, const T* i, T jj, T* o, int64_t k) {
-  using V = NVec<T>;
-  nstore(o + k, (nload(i + k) == jj) ? nload(g + k) : V{});
+  using V = Vec<T>;
+  store(o + k, (load(i + k) == jj) ? load(g + k) : V{});
 }
 
 template <typename T>

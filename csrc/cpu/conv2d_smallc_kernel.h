@@ -12,7 +12,7 @@ namespace FASTCONV_ISA_NS {
 
 #include "vec_io_kernel.h"
 
-// Register tiles per ISA. The row kernels compute in the ISA's native vectors (NVec, kNLanes:
+// Register tiles per ISA. The row kernels compute in the ISA's native vectors (Vec, kNLanes:
 // a 64-byte channel block of NV Vec is NV * FASTCONV_ISA_VEC_REGS of them). A tile of TP pixels x
 // a block keeps TP * NV * FASTCONV_ISA_VEC_REGS accumulators, the block's weights and one
 // broadcast live, in hardware registers:
@@ -36,7 +36,7 @@ FASTCONV_ISA_TARGET void fwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
   constexpr int NVn = NV * FASTCONV_ISA_VEC_REGS;   // native vectors per channel block
   constexpr int KB = NV * kLanes<T>;                // the block's channels (the data layout)
   constexpr int TP = kTileTP<NV>;
-  using V = NVec<T>;
+  using V = Vec<T>;
   const Plan& pl = *op.pl;
   const int64_t taps = pl.taps, kk = pl.kk, QO = pl.g.QO;
   const int64_t* toff = op.toff;
@@ -54,11 +54,11 @@ FASTCONV_ISA_TARGET void fwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
     for (int64_t t = 0; t < taps; ++t) {
       const int64_t o = toff[t];
       V wv[NVn];
-      for (int v = 0; v < NVn; ++v) wv[v] = nload(wb + t * KB + v * L);
+      for (int v = 0; v < NVn; ++v) wv[v] = load(wb + t * KB + v * L);
 #pragma GCC unroll 8
       for (int j = 0; j < TP; ++j) {
         if constexpr (DW) {
-          for (int v = 0; v < NVn; ++v) acc[j][v] += nload(xj[j] + o + v * L) * wv[v];
+          for (int v = 0; v < NVn; ++v) acc[j][v] += load(xj[j] + o + v * L) * wv[v];
         } else {
           const T xv = xj[j][o];
           for (int v = 0; v < NVn; ++v) acc[j][v] += xv * wv[v];
@@ -66,7 +66,7 @@ FASTCONV_ISA_TARGET void fwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
       }
     }
     for (int j = 0; j < TP; ++j)
-      for (int v = 0; v < NVn; ++v) nstore(c + (j0 + j) * KB + v * L, acc[j][v]);
+      for (int v = 0; v < NVn; ++v) store(c + (j0 + j) * KB + v * L, acc[j][v]);
   }
 
   const bool relu = pl.g.relu;
@@ -74,18 +74,18 @@ FASTCONV_ISA_TARGET void fwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
   for (int64_t qo = 0; qo < QO; ++qo) {
     const T* win = c + qo * kk * KB;
     for (int v = 0; v < NVn; ++v) {
-      V m = nload(win + v * L);
+      V m = load(win + v * L);
       V id = V{};
       for (int64_t jj = 1; jj < kk; ++jj) {
-        const V a = nload(win + jj * KB + v * L);
+        const V a = load(win + jj * KB + v * L);
         const auto take = (a > m) | (a != a);  // larger or NaN: ties keep the first
         m = take ? a : m;
-        id = take ? nsplat(static_cast<T>(jj)) : id;
+        id = take ? splat(static_cast<T>(jj)) : id;
       }
-      if (bias) m += nload(bias + v * L);
+      if (bias) m += load(bias + v * L);
       if (relu) m = (m < V{}) ? V{} : m;
-      nstore(s.y.data() + qo * KB + v * L, m);
-      if (kk > 1) nstore(s.i.data() + qo * KB + v * L, id);
+      store(s.y.data() + qo * KB + v * L, m);
+      if (kk > 1) store(s.i.data() + qo * KB + v * L, id);
     }
   }
 }
@@ -102,7 +102,7 @@ FASTCONV_ISA_TARGET void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
   constexpr int KB = NV * kLanes<T>;                // the block's channels (the data layout)
   constexpr int TP = kTileTP<NV>;
   constexpr int DWT = kTileDWT<NV>;
-  using V = NVec<T>;
+  using V = Vec<T>;
   const Plan& pl = *op.pl;
   const int64_t taps = pl.taps, kk = pl.kk, QO = pl.g.QO, npix = pl.npix;
   const int64_t* toff = op.toff;
@@ -113,18 +113,18 @@ FASTCONV_ISA_TARGET void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
   // unpool prologue: dC[(qo, jj), k] = g[qo, k] * (idx[qo, k] == jj)
   for (int64_t qo = 0; qo < QO; ++qo) {
     for (int v = 0; v < NVn; ++v) {
-      const V gv = nload(s.y.data() + qo * KB + v * L);
+      const V gv = load(s.y.data() + qo * KB + v * L);
       if (kk == 1) {
-        nstore(dC + qo * KB + v * L, gv);
+        store(dC + qo * KB + v * L, gv);
         continue;
       }
-      const V iv = nload(s.i.data() + qo * KB + v * L);
+      const V iv = load(s.i.data() + qo * KB + v * L);
       for (int64_t jj = 0; jj < kk; ++jj)
-        nstore(dC + (qo * kk + jj) * KB + v * L, (iv == static_cast<T>(jj)) ? gv : V{});
+        store(dC + (qo * kk + jj) * KB + v * L, (iv == static_cast<T>(jj)) ? gv : V{});
     }
   }
   for (int64_t j = npix; j < pl.npix_pad; ++j)
-    for (int v = 0; v < NVn; ++v) nstore(dC + j * KB + v * L, V{});
+    for (int v = 0; v < NVn; ++v) store(dC + j * KB + v * L, V{});
 
   if (need_dw) {
     // dw[t, k] += sum_j x[j, t] * dC[j, k], DWT taps per register tile
@@ -139,11 +139,11 @@ FASTCONV_ISA_TARGET void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
       for (int64_t j = 0; j < npix; ++j) {
         const T* xb = op.xp + pb[j];
         V d[NVn];
-        for (int v = 0; v < NVn; ++v) d[v] = nload(dC + j * KB + v * L);
+        for (int v = 0; v < NVn; ++v) d[v] = load(dC + j * KB + v * L);
 #pragma GCC unroll 4
         for (int tt = 0; tt < DWT; ++tt) {
           if constexpr (DW) {
-            for (int v = 0; v < NVn; ++v) acc[tt][v] += nload(xb + o[tt] + v * L) * d[v];
+            for (int v = 0; v < NVn; ++v) acc[tt][v] += load(xb + o[tt] + v * L) * d[v];
           } else {
             const T xv = xb[o[tt]];
             for (int v = 0; v < NVn; ++v) acc[tt][v] += xv * d[v];
@@ -153,7 +153,7 @@ FASTCONV_ISA_TARGET void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
       for (int64_t tt = 0; tt < DWT && t0 + tt < taps; ++tt)
         for (int v = 0; v < NVn; ++v) {
           T* p = dwb + (t0 + tt) * KB + v * L;
-          nstore(p, nload(p) + acc[tt][v]);
+          store(p, load(p) + acc[tt][v]);
         }
     }
   }
@@ -165,11 +165,11 @@ FASTCONV_ISA_TARGET void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
       for (int64_t j = 0; j < npix; ++j) {
         T* xb = op.dxp + pb[j];
         V d[NVn];
-        for (int v = 0; v < NVn; ++v) d[v] = nload(dC + j * KB + v * L);
+        for (int v = 0; v < NVn; ++v) d[v] = load(dC + j * KB + v * L);
         for (int64_t t = 0; t < taps; ++t)
           for (int v = 0; v < NVn; ++v) {
             T* p = xb + toff[t] + v * L;
-            nstore(p, nload(p) + d[v] * nload(wb + t * KB + v * L));
+            store(p, load(p) + d[v] * load(wb + t * KB + v * L));
           }
       }
     } else {
@@ -181,7 +181,7 @@ FASTCONV_ISA_TARGET void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
           V acc[TP][2];
           for (int j = 0; j < TP; ++j) acc[j][0] = acc[j][1] = V{};
           for (int64_t k = 0; k < kn; ++k) {
-            const V w0 = nload(wtb + k * TV + tv0), w1 = nload(wtb + k * TV + tv0 + L);
+            const V w0 = load(wtb + k * TV + tv0), w1 = load(wtb + k * TV + tv0 + L);
 #pragma GCC unroll 8
             for (int j = 0; j < TP; ++j) {
               const T d = dC[(j0 + j) * KB + k];
@@ -193,8 +193,8 @@ FASTCONV_ISA_TARGET void bwd_row(const Operands<T>& op, Scratch<T>& s, int64_t n
           for (int64_t j = 0; j < TP && j0 + j < npix; ++j) {
             T* xb = op.dxp + pb[j0 + j];
             T out[2 * L];
-            nstore(out, acc[j][0]);
-            nstore(out + L, acc[j][1]);
+            store(out, acc[j][0]);
+            store(out + L, acc[j][1]);
             for (int64_t t = 0; t < tn; ++t) xb[toff[tv0 + t]] += out[t];
           }
         }

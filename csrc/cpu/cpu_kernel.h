@@ -1,13 +1,13 @@
-// Private helpers of the CPU kernels in csrc/cpu: the compute type, 64-byte
-// SIMD vectors, the instruction set a hot loop is compiled for, and a
-// deterministic chunked parallel loop.
+// Private helpers of the CPU kernels in csrc/cpu: the compute type, the 64-byte
+// channel blocks of the data layout, the instruction set a hot loop is compiled
+// for, and a deterministic chunked parallel loop.
 //
 // SIMD without build flags: the extension is compiled with plain -O3 (it must
 // run on any x86-64), so a hot loop is written once on GCC/Clang vector types
 // in a header that is included once per instruction set, every function in it
 // carrying that ISA's __attribute__((target(...))) (conv2d_smallc_kernel.h).
-// The ISA decides whether one Vec<float> is one zmm, two ymm or four xmm
-// registers; cpu_isa() picks the copy the running CPU supports at call time.
+// Each copy computes in that ISA's native vector (vec_io_kernel.h: one zmm, ymm
+// or xmm); cpu_isa() picks the copy the running CPU supports at call time.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -41,18 +41,12 @@ namespace cpu {
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
 
-// ---------------------------------------------------------------- SIMD vectors
+// ---------------------------------------------------------------- channel blocks
 
+// The data layout's channel block: kVecBytes, kLanes<T> elements of T (the packed weights and
+// the small-C kernels' blocks of KB = NV * kLanes channels). Every ISA copy walks a block as
+// 64 / (its native vector's bytes) vectors (vec_io_kernel.h).
 constexpr int kVecBytes = 64;
-
-template <typename T>
-struct VecOf {
-  typedef T type __attribute__((vector_size(kVecBytes)));
-};
-// kLanes<T> lanes of T; arithmetic, comparisons (-> integer lane masks) and
-// `mask ? a : b` work lane-wise.
-template <typename T>
-using Vec = typename VecOf<T>::type;
 template <typename T>
 constexpr int kLanes = kVecBytes / static_cast<int>(sizeof(T));
 

@@ -53,9 +53,9 @@ def _device_name(x) -> str:
     return _device_name_of(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
-def measured(op: str, args, first: str) -> bool:
+def measured(op: str, args) -> bool:
     """Whether ``auto`` times the candidates of this call (fastconv/backends/measure.py) instead
-    of taking ``first``: on CPU tensors always (no table there); on CUDA tensors when the
+    of taking the static rule's first: on CPU tensors always (no table there); on CUDA tensors when the
     measured table has no entry for this layer on this card (the table is the prior)."""
     x = args[0] if op != "conv2d_bwd" else args[1]
     if x.device.type == "cpu":

@@ -21,7 +21,6 @@ One design for CPU and GPU (``fastconv/backends/__init__.py`` asks ``choose`` wh
 from __future__ import annotations
 
 import functools
-import json
 import os
 import statistics
 import threading
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from .. import _jsoncache
 
 ENV = "FASTCONV_AUTO_MEASURE"
 REPS = 5
@@ -91,24 +92,14 @@ def shape_key(op: str, args) -> str:
 def _load() -> dict:
     global _disk
     if _disk is None:
-        try:
-            _disk = json.loads(path().read_text())
-        except (OSError, ValueError):
-            _disk = {}
+        _disk = _jsoncache.read(path())
     return _disk
 
 
 def _save(key: str, name: str) -> None:
-    p = path()
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        table = _load()
-        table[key] = name
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, p)
-    except OSError:
-        pass  # a read-only cache folder: the choice lives in memory only
+    """Keep a choice on disk, merged with other processes' (read-only folder: in memory only)."""
+    table = _jsoncache.add(path(), key, name)
+    _load().update(table or {key: name})
 
 
 def cached(device: torch.device | None = None) -> dict[str, str]:

@@ -27,7 +27,6 @@ split-K launch accumulates into), so the benchmark runs on the real buffers.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Callable
 import torch
 import triton
 
-from ... import _ext
+from ... import _ext, _jsoncache
 from . import configs as _configs
 
 ENV_PIN = "FASTCONV_TRITON_CONFIG"
@@ -114,29 +113,14 @@ def _tuning_allowed(device: torch.device) -> bool:
 def _disk_table() -> dict:
     global _disk
     if _disk is None:
-        try:
-            _disk = json.loads(cache_path().read_text())
-        except (OSError, ValueError):
-            _disk = {}
+        _disk = _jsoncache.read(cache_path())
     return _disk
 
 
 def _save(full_key: str, cfg: dict) -> None:
-    path = cache_path()
-    try:
-        try:  # merge with what other processes wrote meanwhile
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):
-            table = {}
-        table.update(_disk_table())
-        table[full_key] = cfg
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-        _disk_table().update(table)
-    except OSError:
-        pass  # a read-only cache dir only costs re-tuning in the next process
+    """Keep a tuned config on disk (a read-only cache folder only costs re-tuning next process)."""
+    table = _jsoncache.add(cache_path(), full_key, cfg)
+    _disk_table().update(table or {full_key: cfg})
 
 
 def _full_key(kernel: str, key, device: torch.device) -> str:
