@@ -15,6 +15,13 @@ understand: ``torch.compile`` and ``torch.export`` (dynamo), TorchDispatchModes 
 tensor subclasses, devices other than cpu and cuda. ``FASTCONV_EAGER_PATH=0`` (read per call)
 sends every call through the custom op.
 
+Where the backend that runs a call is ``reference`` and the fused op would compute and save
+exactly what ATen's own ops do -- a relu; a conv with no pool (ATen's conv saves x and w, an
+in-place relu y: the fused op's saved tensors) -- the eager path calls those ATen ops with their
+C++ autograd instead of a Python Function around them: on the CPU, where ``auto`` gives a relu
+to ATen and measures ATen fastest for many convs, that host time is the difference between
+matching PyTorch and losing to it on small tensors.
+
 A backward with ``create_graph=True`` calls the backward custom op, so a double backward fails
 the same clear way on both paths (the backward ops have no autograd formula).
 """
@@ -25,7 +32,8 @@ import os
 import torch
 from torch import Tensor
 
-from . import _impl, ops
+from . import _impl, backends, ops
+from ._layout import memory_format_of
 from ._params import ConvParams, PoolParams
 
 ENV = "FASTCONV_EAGER_PATH"
@@ -99,3 +107,20 @@ class FastconvMaxPool2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _didx):
         return _impl.max_pool2d_backward(ctx, dy, _pick(_impl.max_pool2d_bwd, ops.max_pool2d_bwd_p)), None
+
+
+def conv2d(x: Tensor, w: Tensor, b: Tensor | None, p: ConvParams) -> Tensor:
+    """The fused conv's y on the eager path (ATen's own ops where they are the same thing)."""
+    if p.pool == 1 and x.shape[0] > 0:
+        x = x.contiguous(memory_format=memory_format_of(x))
+        bc = b.contiguous() if b is not None else None
+        if backends.select("conv2d_fwd", x, w, bc, p).NAME == "reference":
+            return backends.get("reference").conv2d_aten(x, w, b, p)
+    return FastconvConv2d.apply(x, w, b, p)[0]
+
+
+def relu(x: Tensor) -> Tensor:
+    """relu on the eager path (ATen's own where the reference backend runs it)."""
+    if x.numel() > 0 and backends.select("relu_fwd", x).NAME == "reference":
+        return torch.relu(x)
+    return FastconvReLU.apply(x)

@@ -44,7 +44,7 @@ def conv2d(x: Tensor, w: Tensor, b: Optional[Tensor] = None, stride=1, padding=0
         x = x.unsqueeze(0)
     p = _args.conv(x, w, b, stride, padding, dilation, groups, activation, pool)
     if _eager.usable(x, w, b):
-        y, _ = _eager.FastconvConv2d.apply(x, w, b, p)
+        y = _eager.conv2d(x, w, b, p)
     else:
         y, _ = ops.conv2d_fwd_p(x, w, b, p)
     return y.squeeze(0) if unbatched else y
@@ -56,7 +56,7 @@ def relu(x: Tensor) -> Tensor:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _args.FLOAT_DTYPES:
         raise TypeError(f"x must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
-    return _eager.FastconvReLU.apply(x) if _eager.usable(x) else ops.relu_fwd(x)
+    return _eager.relu(x) if _eager.usable(x) else ops.relu_fwd(x)
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:

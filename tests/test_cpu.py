@@ -229,6 +229,51 @@ def test_pool_nan_and_inf_like_torch(layout):
     assert torch.equal(idx[fin].long(), ind[fin])
 
 
+# wide planes, so the NCHW kernel's vectorized interior runs (csrc/cpu/max_pool2d_kernel.h): stride
+# 1 and 2 (its compile-time copies), 3 (the run-time one), padding, dilation, ceil_mode
+WIDE_POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=1, padding=1),
+              dict(kernel_size=(2, 3), stride=3, ceil_mode=True), dict(kernel_size=3, stride=2, dilation=(1, 2)),
+              dict(kernel_size=(1, 4), stride=(1, 2), padding=(0, 2), ceil_mode=True)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=_ids)
+@pytest.mark.parametrize("kw", WIDE_POOLS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_pool_every_isa_copy(kw, dtype, isa, monkeypatch):
+    """Each ISA copy of the NCHW forward row: values and indices exactly torch's, NaN, -inf and
+    ties included (FASTCONV_CPU_ISA only lowers the ISA: a copy this CPU cannot run is skipped)."""
+    from fastconv.info import native_isa
+    if ISAS.index(isa) > ISAS.index(native_isa()):
+        pytest.skip(f"this CPU has no {isa} (its widest is {native_isa()})")
+    monkeypatch.setenv("FASTCONV_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (2, 3, 9, 77), generator=g).to(dtype)  # small integers: many ties
+    x[0, 0, 4, 10:30] = float("nan")
+    x[0, 1, 2, 5] = float("nan")
+    x[1, 2] = -float("inf")  # an all -inf plane: each window's first position wins
+    x[1, 0, :, 40:] = torch.randn(9, 37, generator=g).to(dtype)
+    y, idx = torch.ops.fastconv_C.max_pool2d_fwd(x, *_pool_args(kw))
+    ref, ind = F.max_pool2d(x.double(), return_indices=True, **kw)
+    assert torch.equal(y.double().isnan(), ref.isnan())
+    fin = ~ref.isnan()
+    assert torch.equal(y.double()[fin], ref[fin])
+    assert torch.equal(idx.long(), ind)  # a NaN's window points at its (last) NaN, like torch
+    xr = x.clone().requires_grad_()
+    with fastconv.use_backend("cpu", strict=True):
+        fastconv.max_pool2d(xr, **kw).backward(torch.ones(ref.shape, dtype=dtype))
+    xt = x.double().requires_grad_()
+    F.max_pool2d(xt, **kw).backward(torch.ones(ref.shape, dtype=torch.float64))
+    assert torch.equal(xr.grad.double(), xt.grad)
+
+
+def _pool_args(kw):
+    def pair(v):
+        return [v, v] if isinstance(v, int) else list(v)
+    k = pair(kw["kernel_size"])
+    return (k, pair(kw.get("stride", k)), pair(kw.get("padding", 0)), pair(kw.get("dilation", 1)),
+            kw.get("ceil_mode", False))
+
+
 def test_pool_gradcheck_float64():
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
     with fastconv.use_backend("cpu", strict=True):

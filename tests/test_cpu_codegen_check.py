@@ -17,7 +17,7 @@ def test_no_spills_in_the_inner_loops(capsys):
     if rc == check.EXIT_UNAVAILABLE:
         pytest.skip(out.err.strip())
     assert rc == 0, out.out
-    assert "60 kernel copies (20 avx512, 20 avx2, 20 base)" in out.out
+    assert "96 kernel copies (32 avx512, 32 avx2, 32 base)" in out.out
     assert " 0 spilling vector registers" in out.out
 
 

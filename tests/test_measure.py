@@ -86,7 +86,7 @@ def test_backward_and_the_other_ops_are_measured_too(measuring):
     assert {backends.last_selected[op] for op in ("conv2d_fwd", "conv2d_bwd", "relu_fwd", "max_pool2d_fwd")} \
         == {"reference"}
     ops = {k.split("||", 1)[1].split("|", 1)[0] for k in json.loads(path.read_text())}
-    assert ops == {"conv2d_fwd", "conv2d_bwd", "relu_fwd", "max_pool2d_fwd"}
+    assert ops == {"conv2d_fwd", "conv2d_bwd", "max_pool2d_fwd"}  # a CPU relu is ATen's, never timed
 
 
 def test_the_real_timer_picks_a_candidate(measuring):

@@ -9,8 +9,9 @@
 //   dx[n,c,h,w]    = sum of dy[n,c,oh,ow] over the windows with idx == h*W + w
 //
 // x / dy / idx arrive contiguous in NCHW or channels_last (NHWC in memory);
-// outputs keep that format. NCHW kernels run one (n, c) plane per task and
-// scan scalars; NHWC kernels run one output pixel (forward) or one (n, channel
+// outputs keep that format. NCHW kernels run output rows (forward: the per-ISA
+// row kernel of max_pool2d_kernel.h, vectorized over the row) or one (n, c) plane
+// (backward) per task; NHWC kernels run one output pixel (forward) or one (n, channel
 // block) (backward) per task with channels innermost. The backward of half and
 // bfloat16 sums in float.
 
@@ -27,6 +28,13 @@ namespace {
 
 constexpr int64_t kChannelBlock = 64;
 
+}  // namespace
+
+#define FASTCONV_ISA_KERNELS "max_pool2d_kernel.h"
+#include "isa_each.h"
+
+namespace {
+
 // First valid tap and end of a window along one axis: [start, end) stepping by d.
 struct Span {
   int64_t start, end;
@@ -40,32 +48,21 @@ FASTCONV_INLINE Span window_span(int64_t o, int64_t s, int64_t p, int64_t k, int
 }
 
 template <typename scalar_t>
+using PoolRowFn = void (*)(const scalar_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                           int64_t, scalar_t*, int32_t*);
+
+template <typename scalar_t>
 void pool_fwd_nchw(const PoolGeom& g, const scalar_t* x, scalar_t* y, int32_t* idx) {
-  using acc = acc_t<scalar_t>;
+  const PoolRowFn<scalar_t> row_fn = g.sw == 1   ? FASTCONV_ISA_PICK(pool_fwd_row<scalar_t, 1>)
+                                     : g.sw == 2 ? FASTCONV_ISA_PICK(pool_fwd_row<scalar_t, 2>)
+                                                 : FASTCONV_ISA_PICK(pool_fwd_row<scalar_t, 0>);
   const int64_t rows = g.N * g.C * g.OH;
-  at::parallel_for(0, rows, grain_for(g.OW * g.kh * g.kw),
-                   [&](int64_t b, int64_t e) {
+  at::parallel_for(0, rows, grain_for(g.OW * g.kh * g.kw), [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t plane = row / g.OH, oh = row % g.OH;
-      const scalar_t* xp = x + plane * g.H * g.W;
       const Span h = window_span(oh, g.sh, g.ph, g.kh, g.dh, g.H);
-      scalar_t* yrow = y + row * g.OW;
-      int32_t* irow = idx + row * g.OW;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const Span w = window_span(ow, g.sw, g.pw, g.kw, g.dw, g.W);
-        acc m = -std::numeric_limits<acc>::infinity();
-        int64_t mi = h.start * g.W + w.start;
-        for (int64_t ih = h.start; ih < h.end; ih += g.dh) {
-          for (int64_t iw = w.start; iw < w.end; iw += g.dw) {
-            const acc v = xp[ih * g.W + iw];
-            const bool take = beats(v, m);  // a select, not a branch: the outcome is data-dependent
-            m = take ? v : m;
-            mi = take ? ih * g.W + iw : mi;
-          }
-        }
-        yrow[ow] = static_cast<scalar_t>(m);
-        irow[ow] = static_cast<int32_t>(mi);
-      }
+      row_fn(x + plane * g.H * g.W, g.W, h.start, h.end, g.dh, g.sw, g.pw, g.kw, g.dw, g.OW, y + row * g.OW,
+             idx + row * g.OW);
     }
   });
 }

@@ -22,8 +22,8 @@ at::Tensor relu_fwd(const at::Tensor& x_in) {
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, x.numel(), kMinTaskWork, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        const acc_t<scalar_t> v = xp[i];
-        yp[i] = v < 0 ? scalar_t(0) : xp[i];
+        const scalar_t xi = xp[i];
+        yp[i] = static_cast<acc_t<scalar_t>>(xi) < 0 ? scalar_t(0) : xi;
       }
     });
   });
@@ -46,7 +46,8 @@ at::Tensor relu_bwd(const at::Tensor& dy_in, const at::Tensor& y_in) {
     at::parallel_for(0, y.numel(), kMinTaskWork, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const acc_t<scalar_t> v = yp[i];
-        dp[i] = v <= 0 ? scalar_t(0) : gp[i];
+        const scalar_t g = gp[i];  // read whatever y is: a select, not a branch (and vectorized)
+        dp[i] = v <= 0 ? scalar_t(0) : g;
       }
     });
   });

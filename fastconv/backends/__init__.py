@@ -132,7 +132,7 @@ def _auto(op: str, args, may_measure: bool = True) -> ModuleType:
     names = autoselect.candidates(op, args)
     for i, name in enumerate(names):
         if unsupported_reason(name, op, *args) is None:
-            if may_measure and autoselect.measured(op, args) and measure.enabled():
+            if name != "reference" and may_measure and autoselect.measured(op, args) and measure.enabled():
                 options = [name] + [n for n in names[i + 1:] if unsupported_reason(n, op, *args) is None]
                 return get(measure.choose(op, args, list(dict.fromkeys(options + ["reference"])), get))
             return get(name)

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The row kernels whose inner loops are the whole cost of a call: the small-C direct conv
-# (forward, backward) and the ATen-core path's pooled epilogue / unpool prologue.
-KERNELS = ("fwd_row", "bwd_row", "pool_row", "unpool_row")
+# (forward, backward), the ATen-core path's pooled epilogue / unpool prologue, and the standalone
+# max_pool2d's forward row (csrc/cpu/max_pool2d_kernel.h).
+KERNELS = ("fwd_row", "bwd_row", "pool_row", "unpool_row", "pool_fwd_row")
 MUST_NOT_SPILL = {("fwd_row", "avx512"), ("fwd_row", "avx2"), ("bwd_row", "avx512"), ("bwd_row", "avx2"),
-                  ("pool_row", "avx512"), ("pool_row", "avx2"), ("unpool_row", "avx2")}
+                  ("pool_row", "avx512"), ("pool_row", "avx2"), ("unpool_row", "avx2"),
+                  ("pool_fwd_row", "avx512")}
 ISAS = ("avx512", "avx2", "base")
 EXIT_UNAVAILABLE = 3
 

@@ -1,6 +1,7 @@
 """How ``auto`` ranks backends for one call.
 
-On CPU tensors: ``cpu`` (the C++ kernels), else ``reference``. On CUDA
+On CPU tensors: ``cpu`` (the C++ kernels), else ``reference``; ``reference`` (ATen) for a
+standalone relu. On CUDA
 tensors: the fastest backend measured for this layer shape on this card, read
 from the table that ``bench/bench_layers.py --write-autotable`` writes
 (``fastconv/backends/autotable.json`` or ``$FASTCONV_AUTOTABLE``), else a
@@ -70,7 +71,10 @@ def candidates(op: str, args) -> list[str]:
     """Backends to try in order for ``op(*args)``; the first that can take it runs."""
     x = args[0]
     if x.device.type == "cpu":
-        return ["cpu"]
+        # a relu alone is one pass over memory that ATen's vectorized kernel already makes at the
+        # machine's bandwidth; fastconv's can only tie it and costs a Python autograd Function
+        # more per call (fastconv/_eager.py runs ATen's relu with its C++ autograd instead)
+        return ["reference"] if op.startswith("relu") else ["cpu"]
     if x.device.type != "cuda":
         return []
     if op.startswith("conv2d"):

@@ -50,13 +50,24 @@ def conv2d_fwd(x, w, b, p: ConvParams):
     xp, pad = _padded(x, p)
     c = F.conv2d(xp, w, b, p.stride, pad, p.dilation, p.groups)
     if p.relu:
-        c = F.relu(c)
+        c = torch.relu_(c)  # c is this call's own buffer
     if p.pool > 1:
         y, ind = F.max_pool2d(c, p.pool, p.pool, return_indices=True)
         idx = window_index(ind, p.pool, c.shape[3])
     else:
         y, idx = c, torch.empty(0, dtype=torch.uint8, device=x.device)
     return y.contiguous(memory_format=fmt), idx.contiguous(memory_format=fmt) if p.pool > 1 else idx
+
+
+def conv2d_aten(x, w, b, p: ConvParams):
+    """``relu_(conv2d(x))`` of a conv with no pool, through ATen's ops and their autograd: the
+    fused op's eager path when this backend runs it (fastconv/_eager.py). ATen's conv saves x and
+    w, the in-place relu y: what the fused op saves (docs/design.md §4)."""
+    xp, pad = _padded(x, p)
+    c = F.conv2d(xp, w, b, p.stride, pad, p.dilation, p.groups)
+    if p.relu:
+        c = torch.relu_(c)
+    return c.contiguous(memory_format=memory_format_of(x))
 
 
 def conv2d_bwd(dy, x, w, y, idx, p: ConvParams, mask):
