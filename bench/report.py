@@ -86,6 +86,10 @@ def _header(results: dict) -> list[str]:
         f"dtype {cfg['dtype']}" + (" (TF32)" if cfg.get("tf32") else "") + f", {cfg['layout']}"
         + (", cudnn.benchmark" if cfg.get("cudnn_benchmark") else "")
         + (f", {cfg['threads']} CPU threads" if results.get("device_type") == "cpu" else "")
+        + (f", C++ kernels {cpu['isa']} (CPU's widest {cpu['isa_native']}; family {cpu.get('family')} "
+           f"model {cpu.get('model_number')})" + (f", ATen {cpu['aten_isa']}" if cpu.get("aten_isa") else "")
+           + (f", oneDNN <= {cpu['onednn_max_isa']}" if cpu.get("onednn_max_isa") else "")
+           if (cpu := results.get("cpu")) and cpu.get("isa") else "")
         + f". Peaks measured in this run: {pk.get('matmul_tflops', 0):.2f} TFLOP/s "
         f"({pk.get('matmul_dtype')} matmul), {pk.get('copy_gbps', 0):.1f} GB/s (copy, bytes read + written).",
     ]

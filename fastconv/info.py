@@ -75,9 +75,11 @@ def cpu_isa() -> str:
 
 
 def cpu() -> dict:
-    """The CPU: model, the ISA its kernels run (and the native one), threads and cores."""
+    """The CPU: model, the ISA its kernels run (and the native one), the one ATen's kernels run
+    (``ATEN_CPU_CAPABILITY`` lowers it; ``ONEDNN_MAX_CPU_ISA`` lowers oneDNN's), threads and cores."""
     return {"model": cpu_model(), "family": _cpuinfo_field("cpu family"), "model_number": _cpuinfo_field("model"),
-            "isa": cpu_isa(), "isa_native": native_isa(), "threads": torch.get_num_threads(),
+            "isa": cpu_isa(), "isa_native": native_isa(), "aten_isa": torch.backends.cpu.get_cpu_capability().lower(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "threads": torch.get_num_threads(),
             "cores": os.cpu_count()}
 
 
@@ -181,7 +183,7 @@ def format_info(d: dict) -> str:
         lines.append(f"  {k:<10} {d[k] if d[k] is not None else 'not found'}")
     c = d["cpu"]
     isa = c["isa"] if c["isa"] == c["isa_native"] else f"{c['isa']} (lowered from {c['isa_native']} by FASTCONV_CPU_ISA)"
-    lines.append(f"  cpu        {c['model']}, {c['cores']} cores, {c['threads']} threads, kernels for {isa}")
+    lines.append(f"  cpu        {c['model']}, {c['cores']} cores, {c['threads']} threads, kernels for {isa}, ATen's for {c['aten_isa']}")
     if d["gpus"]:
         for g in d["gpus"]:
             lines.append(f"  gpu {g['index']}:    {g['name']}, {g['sms']} SMs, {g['memory_gib']} GiB, "

@@ -7,9 +7,11 @@ One design for CPU and GPU (``fastconv/backends/__init__.py`` asks ``choose`` wh
 * the candidates are the static rule's backends that can take the call, plus ``reference``
   (plain PyTorch: ATen's conv, then relu and pool), so ``auto`` is never slower than PyTorch by
   more than the noise of the measurement;
-* each runs the call once to warm up, then again until ``REPS`` runs or ``BUDGET_S`` seconds
-  (at least once); the median counts. A fastconv backend wins only if it is at least ``MARGIN``
-  faster than ``reference``: a tie goes to PyTorch;
+* each runs the call once to warm up; then the candidates run in turn, one call each per round,
+  for ``REPS`` rounds or ``BUDGET_S`` seconds per candidate (at least one round), and each one's
+  fastest call counts: on a shared, noisy machine a slow spell then hits every candidate alike,
+  and noise (which only ever adds time) does not decide. A fastconv backend wins only if it is at
+  least ``MARGIN`` faster than ``reference``: a tie goes to PyTorch;
 * the choice is cached per device identity -- CPU model, ISA of the C++ kernels and thread count,
   or GPU name -- and torch version, op and shape key, in memory and in
   ``$FASTCONV_CACHE_DIR/autoselect.json`` (``~/.cache/fastconv``), so later processes reuse it;
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 from .. import _jsoncache
 
 ENV = "FASTCONV_AUTO_MEASURE"
-REPS = 5
+REPS = 5  # rounds
 BUDGET_S = 0.5  # per candidate, after the warm-up
 MARGIN = 0.03
 
@@ -113,17 +114,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device: torch.device, name: str = "") -> float:
-    """Median seconds of ``fn()`` after a warm-up call (``name``: the candidate, for tests)."""
-    fn()  # warm-up (compiles, tunes, allocates)
-    _sync(device)
-    times, t_end = [], time.perf_counter() + BUDGET_S
-    while len(times) < REPS and (not times or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
+def _times(fns: dict, device: torch.device) -> dict[str, float]:
+    """{name: seconds of its fastest call}: each ``fns[name]()`` warmed up once (compiles, tunes,
+    allocates), then the candidates in turn, one call per round."""
+    for fn in fns.values():
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    _sync(device)
+    best = dict.fromkeys(fns, float("inf"))
+    t_end = time.perf_counter() + BUDGET_S * len(fns)
+    for r in range(REPS):
+        if r and time.perf_counter() >= t_end:
+            break
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def choose(op: str, args, names: list[str], get) -> str:
@@ -142,11 +149,9 @@ def choose(op: str, args, names: list[str], get) -> str:
             return hit
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return names[0]  # no timing inside a capture; decided on an uncaptured call
-        times = {}
+        fns = {name: (lambda fn=getattr(get(name), op): fn(*args)) for name in names}
         with torch.no_grad():
-            for name in names:
-                fn = getattr(get(name), op)
-                times[name] = _time(lambda fn=fn: fn(*args), device, name)
+            times = _times(fns, device)
         best = min(times, key=times.get)
         if best != "reference" and "reference" in times and times[best] > (1 - MARGIN) * times["reference"]:
             best = "reference"
