@@ -3,6 +3,8 @@ that the time is the host's (Python, checks, dispatch, launches), not the kernel
 
     bench/bench_overhead.py --out DIR                # cuda if present, else cpu
     bench/bench_overhead.py --device cpu --backend cpu --out /tmp/ov
+    bench/bench_overhead.py --device cpu --layout nchw --batch 8 --channels 64 --size 16 --threads 2 \
+        --calls 50 --out DIR                         # the standalone ops at a real size
 
 Providers, each timed on the same tensors:
 
@@ -49,6 +51,7 @@ def _calls(x, w, b):
         "relu": (lambda x, w, b: F.relu(x), lambda x, w, b: fastconv.relu(x)),
         "max_pool2d 3x3/s2": (lambda x, w, b: F.max_pool2d(x, 3, 2, 1),
                               lambda x, w, b: fastconv.max_pool2d(x, 3, 2, 1)),
+        "max_pool2d 2x2": (lambda x, w, b: F.max_pool2d(x, 2), lambda x, w, b: fastconv.max_pool2d(x, 2)),
     }
 
 

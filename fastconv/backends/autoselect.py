@@ -67,14 +67,25 @@ def measured(op: str, args) -> bool:
     return _table().get(_device_name(x), {}).get(conv_key(x, tuple(w.shape), p)) is None
 
 
-def candidates(op: str, args) -> list[str]:
-    """Backends to try in order for ``op(*args)``; the first that can take it runs."""
-    x = args[0]
-    if x.device.type == "cpu":
+def fixed(op: str, device_type: str) -> str | None:
+    """The one backend ``auto`` gives ``op`` on this device type whatever the call, else None
+    (the eager path asks this before anything costlier: fastconv/_eager.py)."""
+    if device_type == "cpu" and op.startswith("relu"):
         # a relu alone is one pass over memory that ATen's vectorized kernel already makes at the
         # machine's bandwidth; fastconv's can only tie it and costs a Python autograd Function
         # more per call (fastconv/_eager.py runs ATen's relu with its C++ autograd instead)
-        return ["reference"] if op.startswith("relu") else ["cpu"]
+        return "reference"
+    return None
+
+
+def candidates(op: str, args) -> list[str]:
+    """Backends to try in order for ``op(*args)``; the first that can take it runs."""
+    x = args[0]
+    name = fixed(op, x.device.type)
+    if name is not None:
+        return [name]
+    if x.device.type == "cpu":
+        return ["cpu"]
     if x.device.type != "cuda":
         return []
     if op.startswith("conv2d"):
