@@ -1,5 +1,5 @@
 // The NCHW max-pool forward row (max_pool2d.cpp). Included once per instruction set through
-// isa_each.h; every function carries FASTCONV_ISA_TARGET. No include guard.
+// isa_each.h; every function carries FASTCONV_ISA_TARGET (pool_fwd_row: see below). No include guard.
 //
 //   pool_fwd_row: one output row oh of one (n, c) plane,
 //     y[ow]   = max x[ih][iw] over ih in [h0, h1) step dh, iw = ow*sw - pw + j*dw, j < kw,
@@ -11,11 +11,21 @@
 // load, a compare and two selects per output, which the compiler vectorizes in every ISA copy
 // (SW, the w stride, a compile-time 1 or 2, the common pools; 0 reads it at run time). The
 // outputs whose window crosses the padding run one by one.
+//
+// The AVX-512 copy vectorizes with 8-lane ymm, not 16-lane zmm (prefer-vector-width=256): a pool's
+// output row is short (7 to 56 outputs in the common nets) and a 16-wide loop leaves most rows to
+// its scalar remainder -- measured 3x slower than the AVX2 copy on 3x3/s2 over 32x32 planes.
+
+#if FASTCONV_ISA_VEC_REGS == 1
+#define FASTCONV_POOL_ROW_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=256")))
+#else
+#define FASTCONV_POOL_ROW_TARGET FASTCONV_ISA_TARGET
+#endif
 
 namespace FASTCONV_ISA_NS {
 
 template <typename T, int SW>
-FASTCONV_ISA_TARGET void pool_fwd_row(const T* __restrict__ xp, int64_t W, int64_t h0, int64_t h1, int64_t dh, int64_t sw_rt,
+FASTCONV_POOL_ROW_TARGET void pool_fwd_row(const T* __restrict__ xp, int64_t W, int64_t h0, int64_t h1, int64_t dh, int64_t sw_rt,
                                       int64_t pw, int64_t kw, int64_t dw, int64_t OW, T* __restrict__ y, int32_t* __restrict__ idx) {
   using A = acc_t<T>;
   const int64_t sw = SW ? SW : sw_rt;
@@ -66,3 +76,5 @@ FASTCONV_ISA_TARGET void pool_fwd_row(const T* __restrict__ xp, int64_t W, int64
 }
 
 }  // namespace FASTCONV_ISA_NS
+
+#undef FASTCONV_POOL_ROW_TARGET
