@@ -16,14 +16,16 @@ tensor subclasses, devices other than cpu and cuda. ``FASTCONV_EAGER_PATH=0`` (r
 sends every call through the custom op.
 
 Where the backend that runs a call is ``reference`` and the fused op would compute and save
-exactly what ATen's own ops do -- a relu; a conv with no pool (ATen's conv saves x and w, an
-in-place relu y: the fused op's saved tensors) -- the eager path calls those ATen ops with their
-C++ autograd instead of a Python Function around them: on the CPU, where ``auto`` gives a relu
+what ATen's own ops do -- a relu; a conv with no pool (ATen's conv saves x and w, an in-place
+relu y: the fused op's saved tensors); a standalone max-pool (ATen's saves its index as int64,
+fastconv's as int32: PyTorch's memory, not more) -- the eager path calls those ATen ops with
+their C++ autograd instead of a Python Function around them: on the CPU, where ``auto`` gives a relu
 to ATen and measures ATen fastest for many convs, that host time is the difference between
 matching PyTorch and losing to it on small tensors.
 
 A backward with ``create_graph=True`` calls the backward custom op, so a double backward fails
-the same clear way on both paths (the backward ops have no autograd formula).
+the same clear way on both paths (the backward ops have no autograd formula); through ATen's own
+ops (above) it works, as in PyTorch.
 """
 from __future__ import annotations
 
@@ -128,3 +130,14 @@ def relu(x: Tensor) -> Tensor:
     if x.numel() > 0 and backends.select("relu_fwd", x).NAME == "reference":
         return torch.relu(x)
     return FastconvReLU.apply(x)
+
+
+def max_pool2d(x: Tensor, p: PoolParams) -> Tensor:
+    """max_pool2d's y on the eager path (ATen's own where the reference backend runs it: it saves
+    ATen's int64 index, what PyTorch's pool keeps, where fastconv's keeps an int32 one)."""
+    if x.numel() > 0:
+        xc = x.contiguous(memory_format=memory_format_of(x))
+        if backends.select("max_pool2d_fwd", xc, p).NAME == "reference":
+            y = torch.nn.functional.max_pool2d(xc, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+            return y.contiguous(memory_format=memory_format_of(xc))
+    return FastconvMaxPool2d.apply(x, p)[0]

@@ -68,7 +68,7 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_
         x = x.unsqueeze(0)
     p = _args.max_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
     if _eager.usable(x):
-        y, _ = _eager.FastconvMaxPool2d.apply(x, p)
+        y = _eager.max_pool2d(x, p)
     else:
         y, _ = ops.max_pool2d_fwd_p(x, p)
     return y.squeeze(0) if unbatched else y

@@ -386,7 +386,7 @@ def test_overhead_benchmark_writes_every_row(tmp_path, one_thread):
     res = json.loads((tmp_path / "overhead.json").read_text())
     assert res["device_type"] == "cpu" and res["config"]["backend"] == "reference"
     keys = {(r["op"], r["pass"], r["provider"]) for r in res["rows"]}
-    assert len(keys) == len(res["rows"]) == 4 * len(bench_overhead.PASSES) * len(bench_overhead.PROVIDERS)
+    assert len(keys) == len(res["rows"]) == 5 * len(bench_overhead.PASSES) * len(bench_overhead.PROVIDERS)
     for r in res["rows"]:
         assert r["us_per_call"] > 0
         if r["provider"] == "eager":

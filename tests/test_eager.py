@@ -19,7 +19,8 @@ CALLS = {
 GRAD_FN = {"conv-relu-pool": "FastconvConv2dBackward", "conv-strided-groups": "FastconvConv2dBackward",
            "relu": "FastconvReLUBackward", "max_pool2d": "FastconvMaxPool2dBackward"}
 # where reference runs a relu or a conv with no pool, the eager path is ATen's own ops
-ATEN_GRAD_FN = {"conv-strided-groups": "ConvolutionBackward0", "relu": "ReluBackward0"}
+ATEN_GRAD_FN = {"conv-strided-groups": "ConvolutionBackward0", "relu": "ReluBackward0",
+                "max_pool2d": "MaxPool2DWithIndicesBackward0"}
 
 
 def _inputs(seed=0):

@@ -12,8 +12,8 @@ One design for CPU and GPU (``fastconv/backends/__init__.py`` asks ``choose`` wh
   fastest call counts: on a shared, noisy machine a slow spell then hits every candidate alike,
   and noise (which only ever adds time) does not decide. A fastconv backend wins only if it is at
   least ``MARGIN`` faster than ``reference``: a tie goes to PyTorch;
-* the choice is cached per device identity -- CPU model, ISA of the C++ kernels and thread count,
-  or GPU name -- and torch version, op and shape key, in memory and in
+* the choice is cached per device identity -- CPU model, ISA of the C++ kernels, thread count
+  and the built kernels' content hash, or GPU name -- and torch version, op and shape key, in memory and in
   ``$FASTCONV_CACHE_DIR/autoselect.json`` (``~/.cache/fastconv``), so later processes reuse it;
 * ``FASTCONV_AUTO_MEASURE=0`` turns measuring off (tests, reproducible runs): the static rule
   decides. Nothing is measured while a CUDA graph is being captured.
@@ -23,6 +23,7 @@ One design for CPU and GPU (``fastconv/backends/__init__.py`` asks ``choose`` wh
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -65,7 +66,20 @@ def _identity(kind: str, index, threads: int, isa_env: str) -> str:
 
     if kind == "cuda":
         return f"cuda|{torch.cuda.get_device_name(index)}|torch {torch.__version__}"
-    return f"cpu|{cpu_model()}|{cpu_isa()}|{threads} threads|torch {torch.__version__}"
+    return f"cpu|{cpu_model()}|{cpu_isa()}|{threads} threads|torch {torch.__version__}|kernels {_kernels_id()}"
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels_id() -> str:
+    """The built C++ library's content hash: a choice measured against other kernels (an older
+    build, a new fastconv) is measured again, not reused."""
+    from .. import _ext
+
+    _ext.load()
+    lib = _ext.status().get("path")
+    if not lib or not Path(lib).is_file():
+        return "none"
+    return hashlib.sha256(Path(lib).read_bytes()).hexdigest()[:12]
 
 
 def _signature(a):
