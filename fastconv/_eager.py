@@ -78,48 +78,50 @@ def _pick(body, op):
 
 class FastconvConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, p: ConvParams):
-        y, idx = _impl.conv2d_fwd(x, w, b, p)
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, p: ConvParams, be=None):
+        y, idx = _impl.conv2d_fwd(x, w, b, p, be)
         _impl.conv2d_save(ctx, x, w, b, p, y, idx)
         return y, idx
 
     @staticmethod
     def backward(ctx, dy, _didx):
-        return _impl.conv2d_backward(ctx, dy, _pick(_impl.conv2d_bwd, ops.conv2d_bwd_p)) + (None,)
+        return _impl.conv2d_backward(ctx, dy, _pick(_impl.conv2d_bwd, ops.conv2d_bwd_p)) + (None, None)
 
 
 class FastconvReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor):
-        y = _impl.relu_fwd(x)
+    def forward(ctx, x: Tensor, be=None):
+        y = _impl.relu_fwd(x, be)
         _impl.relu_save(ctx, y)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        return _impl.relu_backward(ctx, dy, _pick(_impl.relu_bwd, ops.relu_bwd))
+        return _impl.relu_backward(ctx, dy, _pick(_impl.relu_bwd, ops.relu_bwd)), None
 
 
 class FastconvMaxPool2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, p: PoolParams):
-        y, idx = _impl.max_pool2d_fwd(x, p)
+    def forward(ctx, x: Tensor, p: PoolParams, be=None):
+        y, idx = _impl.max_pool2d_fwd(x, p, be)
         _impl.max_pool2d_save(ctx, x, p, idx)
         return y, idx
 
     @staticmethod
     def backward(ctx, dy, _didx):
-        return _impl.max_pool2d_backward(ctx, dy, _pick(_impl.max_pool2d_bwd, ops.max_pool2d_bwd_p)), None
+        return _impl.max_pool2d_backward(ctx, dy, _pick(_impl.max_pool2d_bwd, ops.max_pool2d_bwd_p)), None, None
 
 
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None, p: ConvParams) -> Tensor:
-    """The fused conv's y on the eager path (ATen's own ops where they are the same thing)."""
-    if p.pool == 1 and x.shape[0] > 0:
-        x = x.contiguous(memory_format=memory_format_of(x))
-        bc = b.contiguous() if b is not None else None
-        if backends.select("conv2d_fwd", x, w, bc, p).NAME == "reference":
-            return backends.get("reference").conv2d_aten(x, w, b, p)
-    return FastconvConv2d.apply(x, w, b, p)[0]
+    """The fused conv's y on the eager path (ATen's own ops where they are the same thing); the
+    backend is selected once, here."""
+    if x.shape[0] == 0:
+        return FastconvConv2d.apply(x, w, b, p)[0]
+    x = x.contiguous(memory_format=memory_format_of(x))
+    be = backends.select("conv2d_fwd", x, w, b.contiguous() if b is not None else None, p)
+    if p.pool == 1 and be.NAME == "reference":
+        return be.conv2d_aten(x, w, b, p)
+    return FastconvConv2d.apply(x, w, b, p, be)[0]
 
 
 def relu(x: Tensor) -> Tensor:
@@ -127,17 +129,21 @@ def relu(x: Tensor) -> Tensor:
     if backends.current() == "auto" and autoselect.fixed("relu_fwd", x.device.type) == "reference":
         backends.last_selected["relu_fwd"] = "reference"  # what select would say, without its cost
         return torch.relu(x)
-    if x.numel() > 0 and backends.select("relu_fwd", x).NAME == "reference":
-        return torch.relu(x)
-    return FastconvReLU.apply(x)
+    if x.numel() == 0:
+        return FastconvReLU.apply(x)
+    x = x.contiguous(memory_format=_impl.any_format(x))
+    be = backends.select("relu_fwd", x)
+    return torch.relu(x) if be.NAME == "reference" else FastconvReLU.apply(x, be)
 
 
 def max_pool2d(x: Tensor, p: PoolParams) -> Tensor:
     """max_pool2d's y on the eager path (ATen's own where the reference backend runs it: it saves
     ATen's int64 index, what PyTorch's pool keeps, where fastconv's keeps an int32 one)."""
-    if x.numel() > 0:
-        xc = x.contiguous(memory_format=memory_format_of(x))
-        if backends.select("max_pool2d_fwd", xc, p).NAME == "reference":
-            y = torch.nn.functional.max_pool2d(xc, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
-            return y.contiguous(memory_format=memory_format_of(xc))
-    return FastconvMaxPool2d.apply(x, p)[0]
+    if x.numel() == 0:
+        return FastconvMaxPool2d.apply(x, p)[0]
+    x = x.contiguous(memory_format=memory_format_of(x))
+    be = backends.select("max_pool2d_fwd", x, p)
+    if be.NAME == "reference":
+        y = torch.nn.functional.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+        return y.contiguous(memory_format=memory_format_of(x))
+    return FastconvMaxPool2d.apply(x, p, be)[0]

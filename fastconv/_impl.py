@@ -44,13 +44,14 @@ def _nothing(like: Tensor, dtype=None) -> Tensor:
 # --------------------------------------------------------------------------- conv2d
 
 
-def conv2d_fwd(x: Tensor, w: Tensor, b: Optional[Tensor], p: ConvParams) -> tuple[Tensor, Tensor]:
-    """(y, idx) of the fused conv (docs/design.md §2.1); idx is empty without pooling."""
+def conv2d_fwd(x: Tensor, w: Tensor, b: Optional[Tensor], p: ConvParams, be=None) -> tuple[Tensor, Tensor]:
+    """(y, idx) of the fused conv (docs/design.md §2.1); idx is empty without pooling. ``be``:
+    the backend module the caller already selected for this call, else selected here."""
     x = x.contiguous(memory_format=memory_format_of(x))
     b = b.contiguous() if b is not None else None
     if x.shape[0] == 0:
         return conv2d_fwd_empty(x, w, p)
-    return backends.select("conv2d_fwd", x, w, b, p).conv2d_fwd(x, w, b, p)
+    return (be or backends.select("conv2d_fwd", x, w, b, p)).conv2d_fwd(x, w, b, p)
 
 
 def conv2d_fwd_empty(x: Tensor, w: Tensor, p: ConvParams) -> tuple[Tensor, Tensor]:
@@ -105,20 +106,20 @@ def conv2d_backward(ctx, dy: Tensor, bwd: ConvBwd) -> tuple[Optional[Tensor], Op
 # --------------------------------------------------------------------------- relu
 
 
-def _any_format(x: Tensor) -> torch.memory_format:
+def any_format(x: Tensor) -> torch.memory_format:
     return memory_format_of(x) if x.dim() == 4 else torch.contiguous_format
 
 
-def relu_fwd(x: Tensor) -> Tensor:
-    x = x.contiguous(memory_format=_any_format(x))
+def relu_fwd(x: Tensor, be=None) -> Tensor:
+    x = x.contiguous(memory_format=any_format(x))
     if x.numel() == 0:
         return torch.empty_like(x)
-    return backends.select("relu_fwd", x).relu_fwd(x)
+    return (be or backends.select("relu_fwd", x)).relu_fwd(x)
 
 
 def relu_bwd(dy: Tensor, y: Tensor) -> Tensor:
     """dx = y <= 0 ? 0 : dy: NaN passes the gradient, like torch (docs/design.md §2.3)."""
-    fmt = _any_format(y)
+    fmt = any_format(y)
     dy = dy.contiguous(memory_format=fmt)
     y = y.contiguous(memory_format=fmt)
     if y.numel() == 0:
@@ -127,7 +128,7 @@ def relu_bwd(dy: Tensor, y: Tensor) -> Tensor:
 
 
 def relu_empty(x: Tensor) -> Tensor:
-    return empty(x.shape, x, _any_format(x))
+    return empty(x.shape, x, any_format(x))
 
 
 def relu_save(ctx, y: Tensor) -> None:
@@ -142,12 +143,13 @@ def relu_backward(ctx, dy: Tensor, bwd: Callable[[Tensor, Tensor], Tensor]) -> T
 # --------------------------------------------------------------------------- max_pool2d
 
 
-def max_pool2d_fwd(x: Tensor, p: PoolParams) -> tuple[Tensor, Tensor]:
-    """(y, idx) of max_pool2d, idx the int32 plane index h*W + w of each max."""
+def max_pool2d_fwd(x: Tensor, p: PoolParams, be=None) -> tuple[Tensor, Tensor]:
+    """(y, idx) of max_pool2d, idx the int32 plane index h*W + w of each max (``be``: as in
+    conv2d_fwd)."""
     x = x.contiguous(memory_format=memory_format_of(x))
     if x.numel() == 0:
         return max_pool2d_fwd_empty(x, p)
-    return backends.select("max_pool2d_fwd", x, p).max_pool2d_fwd(x, p)
+    return (be or backends.select("max_pool2d_fwd", x, p)).max_pool2d_fwd(x, p)
 
 
 def max_pool2d_fwd_empty(x: Tensor, p: PoolParams) -> tuple[Tensor, Tensor]:

@@ -13,13 +13,15 @@ BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
 CALLS = {
     "conv-relu-pool": lambda x, w, b: fastconv.conv2d(x, w, b, padding=1, activation="relu", pool=2),
     "conv-strided-groups": lambda x, w, b: fastconv.conv2d(x, w[:, :2], b, stride=2, groups=2, dilation=(1, 2)),
+    "conv-relu": lambda x, w, b: fastconv.conv2d(x, w, b, padding=(1, 2), activation="relu"),
     "relu": lambda x, w, b: fastconv.relu(x - 0.1),
     "max_pool2d": lambda x, w, b: fastconv.max_pool2d(x, 3, 2, padding=1, ceil_mode=True),
 }
 GRAD_FN = {"conv-relu-pool": "FastconvConv2dBackward", "conv-strided-groups": "FastconvConv2dBackward",
+           "conv-relu": "FastconvConv2dBackward",
            "relu": "FastconvReLUBackward", "max_pool2d": "FastconvMaxPool2dBackward"}
 # where reference runs a relu or a conv with no pool, the eager path is ATen's own ops
-ATEN_GRAD_FN = {"conv-strided-groups": "ConvolutionBackward0", "relu": "ReluBackward0",
+ATEN_GRAD_FN = {"conv-strided-groups": "ConvolutionBackward0", "conv-relu": "ReluBackward0", "relu": "ReluBackward0",
                 "max_pool2d": "MaxPool2DWithIndicesBackward0"}
 
 
@@ -56,17 +58,21 @@ def test_eager_path_equals_custom_op_path(call, backend, monkeypatch):
         assert torch.equal(a, c)
 
 
-def test_saved_tensors_match_the_custom_op(monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call, n_saved", [("conv-relu-pool", 4), ("conv-relu", 3)])
+def test_saved_tensors_match_the_custom_op(call, n_saved, backend, monkeypatch):
+    """The same tensors saved for backward on both paths, ATen's own ops included (reference runs
+    a pool-free conv through them): x, w, y (and the uint8 index after a pool)."""
     saved = {}
     for path in ("eager", "custom_op"):
         monkeypatch.setenv(_eager.ENV, "1" if path == "eager" else "0")
         x, w, b = _inputs()
         got = saved[path] = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: got.append((tuple(t.shape), t.dtype)) or t,
-                                                      lambda t: t):
-            CALLS["conv-relu-pool"](x, w, b)
+        with fastconv.use_backend(backend, strict=True), torch.autograd.graph.saved_tensors_hooks(
+                lambda t: got.append((tuple(t.shape), t.dtype)) or t, lambda t: t):
+            CALLS[call](x, w, b)
     assert sorted(saved["eager"], key=str) == sorted(saved["custom_op"], key=str)
-    assert len(saved["eager"]) == 4  # x, w, pooled y, uint8 index
+    assert len(saved["eager"]) == n_saved
 
 
 def test_fake_tensors_and_tracing_use_the_custom_op():

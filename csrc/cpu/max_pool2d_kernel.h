@@ -47,8 +47,7 @@ FASTCONV_POOL_ROW_TARGET void pool_fwd_row(const T* __restrict__ xp, int64_t W, 
       const int32_t s32 = static_cast<int32_t>(sw);
       for (int64_t ow = lo; ow < hi; ++ow) {
         const A v = static_cast<A>(xr[ow * sw]);
-        const A m = static_cast<A>(y[ow]);
-        const bool take = v > m || v != v;
+        const bool take = beats(v, static_cast<A>(y[ow]));
         y[ow] = take ? xr[ow * sw] : y[ow];
         idx[ow] = take ? b32 + static_cast<int32_t>(ow) * s32 : idx[ow];
       }
@@ -66,7 +65,7 @@ FASTCONV_POOL_ROW_TARGET void pool_fwd_row(const T* __restrict__ xp, int64_t W, 
     for (int64_t ih = h0; ih < h1; ih += dh)
       for (int64_t iw = w0; iw < w1; iw += dw) {
         const A v = static_cast<A>(xp[ih * W + iw]);
-        const bool take = v > m || v != v;
+        const bool take = beats(v, m);
         m = take ? v : m;
         mi = take ? ih * W + iw : mi;
       }

@@ -75,8 +75,7 @@ def _kernels_id() -> str:
     build, a new fastconv) is measured again, not reused."""
     from .. import _ext
 
-    _ext.load()
-    lib = _ext.status().get("path")
+    lib = _ext._status["path"] if _ext.load() else None
     if not lib or not Path(lib).is_file():
         return "none"
     return hashlib.sha256(Path(lib).read_bytes()).hexdigest()[:12]
