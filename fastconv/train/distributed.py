@@ -49,8 +49,15 @@ def init(world: World, device: torch.device) -> None:
                                 world_size=world.size)
 
 
-def shutdown(world: World) -> None:
+def shutdown(world: World, clean: bool) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others (a
+    barrier), so no rank tears down its connections while a peer still uses them: rank 1,
+    done before rank 0 had written its checkpoint, was seen aborting at exit ("terminate
+    called without an active exception"). After an error there is no barrier (the peers may
+    never reach it; torchrun stops them)."""
     if world.distributed and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

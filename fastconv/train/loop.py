@@ -370,6 +370,7 @@ def train(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainResult:
     distributed.init(world, device)
     stop = threading.Event()
     log = say if world.main else (lambda _msg: None)
+    clean = False
     try:
         backend = fastconv.use_backend(cfg.backend) if cfg.backend else contextlib.nullcontext()
         with backend, _determinism(cfg.deterministic), _stop_on_signals(stop, log):
@@ -377,9 +378,11 @@ def train(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainResult:
             torch.manual_seed(cfg.seed)
             ds = datasets.load(cfg.data, cfg.data_dir, cfg.image_size, cfg.channels, cfg.samples, cfg.seed)
             with _cpu_threads(cfg, ds, device):
-                return _fit(_Run(cfg, world, device, ds, log, t0, stop))
+                result = _fit(_Run(cfg, world, device, ds, log, t0, stop))
+        clean = True
+        return result
     finally:
-        distributed.shutdown(world)
+        distributed.shutdown(world, clean)
 
 
 def _fit(run: _Run) -> TrainResult:
