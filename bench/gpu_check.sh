@@ -5,6 +5,7 @@
 #   bench/gpu_check.sh OUTDIR --quick    # under 4 minutes: cnn + small-c, default torch.compile
 #   bench/gpu_check.sh OUTDIR --dry-run  # no GPU: every phase on the CPU with tiny shapes
 #                                        # (also when FASTCONV_BENCH_DEVICE=cpu)
+#   bench/gpu_check.sh OUTDIR --phases=tests,memcheck-cuda   # only these (env and build always run)
 #
 # Phases, in order, each under `timeout` so that one hang cannot eat the run, and each
 # run even when an earlier one failed (the exit status is 1 if any failed):
@@ -23,14 +24,16 @@
 # Exactly these 8 files are written to OUTDIR (a compact set, no archives, no subfolders):
 #   summary.txt tests.log sanitizer.log results.json results.md speedup.png train.json autotable.json
 # Caches (extension build, Triton, Inductor) live under $FASTCONV_SCRATCH (/tmp/fastconv-gpu-check).
-# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 470 full, 220 quick).
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 470 full, 220 quick),
+# GPU_CHECK_PHASES (what --phases= sets), GPU_CHECK_WORKERS (pytest-xdist workers, default 8).
 set -u -o pipefail
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
-OUT="" MODE=full DRY=0
+OUT="" MODE=full DRY=0 PHASES=${GPU_CHECK_PHASES:-}
 for arg in "$@"; do
   case "$arg" in
+    --phases=*) PHASES=${arg#--phases=} ;;
     --quick) MODE=quick ;;
     --dry-run) DRY=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -148,7 +151,7 @@ EOF
 gpu_tests() {
   local args=(-m "$1" -q -rfEsp -p no:cacheprovider) f
   if "$PY" -c "import pytest_timeout" 2>/dev/null; then args+=(--timeout=120); fi
-  if [ "$DRY" = 0 ] && "$PY" -c "import xdist" 2>/dev/null; then args+=(-n 4); fi
+  if [ "$DRY" = 0 ] && "$PY" -c "import xdist" 2>/dev/null; then args+=(-n "${GPU_CHECK_WORKERS:-8}"); fi
   echo "pytest ${args[*]}  (log: tests.log)"
   "$PY" -m pytest "${args[@]}" >"$OUT/tests.log" 2>&1
   local rc=$?
@@ -242,47 +245,84 @@ overhead() {
 # ------------------------------------------------------------------------------ the run
 
 export -f env_report sanitizer build gpu_tests smoke sanitize layers train overhead
-export OUT PY DRY MODE ROOT SCRATCH
+export OUT PY DRY MODE ROOT SCRATCH PHASES
 
 if [ "$MODE" = quick ]; then TESTS_MARK="gpu and not slow"; else TESTS_MARK="gpu"; fi
-SMOKE_K="cuda or triton"
+SMOKE_K="cuda or triton or vendor"
 if [ "$DRY" = 1 ]; then SMOKE_K="cpu"; fi
 
-# Each phase gets at most CAP seconds and leaves RESERVE of the budget to the phases after
-# it, but never less than 20 s: a slow build squeezes the later phases, it is not cut short.
-#      name            cap reserve
-phase env               30 400 env_report
+# The plan: name, CAP (the most seconds it may take) and NEED (what it needs to be of use; a phase
+# leaves the NEED of every later selected phase to them, never less than 20 s for itself: a slow
+# build squeezes the later phases, it is not cut short), then the command.
 if [ "$MODE" = quick ]; then
-  phase build          240 100 build
+  PLAN=(
+    "env             30  10 env_report"
+    "build          240  60 build"
+    "tests           75  40 gpu_tests"
+    "smoke           30  10 smoke"
+    "memcheck        50  20 sanitize memcheck"
+    "layers          80  20 layers"
+    "train           45  10 train"
+    "overhead        15   5 overhead"
+    "autotable       20   0 autotable"
+  )
 else
-  phase build          240 200 build
+  PLAN=(
+    "env             30  10 env_report"
+    "build          240  60 build"
+    "tests          180 100 gpu_tests"
+    "smoke           60  20 smoke"
+    "memcheck-cuda   60  20 sanitize memcheck cuda"
+    "memcheck-triton 75  40 sanitize memcheck triton or vendor"
+    "racecheck-cuda  60  20 sanitize racecheck cuda"
+    "layers         220  60 layers"
+    "train           90  25 train"
+    "overhead        20  10 overhead"
+    "autotable       20   5 autotable"
+  )
 fi
-if (( $? != 0 )); then
-  echo "the extension is unusable: later phases run with FASTCONV_EXT=off (no rebuild attempts)"
-  export FASTCONV_EXT=off
+selected() {  # env and build always run: every later phase needs them
+  [ "$1" = env ] || [ "$1" = build ] || [ -z "$PHASES" ] || [[ ",$PHASES," == *",$1,"* ]]
+}
+names=()
+for row in "${PLAN[@]}"; do read -r n _ <<<"$row"; names+=("$n"); done
+if [ -n "$PHASES" ]; then
+  for n in ${PHASES//,/ }; do
+    if [[ " ${names[*]} " != *" $n "* ]]; then
+      echo "gpu_check.sh: --phases: unknown phase '$n' (phases: ${names[*]})" >&2; exit 2
+    fi
+  done
 fi
-if [ "$MODE" = quick ]; then
-  phase tests           75  90 gpu_tests "$TESTS_MARK"
-  phase smoke           30  75 smoke "$SMOKE_K"
-  phase memcheck        50  50 sanitize memcheck 'cuda or triton'
-  phase layers          80  40 layers
-  phase train           45  15 train
-  phase overhead        15   5 overhead
-else
-  phase tests          180 185 gpu_tests "$TESTS_MARK"
-  phase smoke           60 165 smoke "$SMOKE_K"
-  phase memcheck-cuda   60 145 sanitize memcheck cuda
-  phase memcheck-triton 75 120 sanitize memcheck triton
-  phase racecheck-cuda  60 100 sanitize racecheck cuda
-  phase layers         220  55 layers
-  phase train           90  20 train
-  phase overhead        20   5 overhead
-fi
-if [ -f "$OUT/results.json" ]; then
-  phase autotable  20   5 "$PY" bench/autotable.py "$OUT/results.json" --out "$OUT/autotable.json"
-else
-  echo "no results.json: no auto table"
-fi
+for i in "${!PLAN[@]}"; do
+  read -r name cap _ cmd args <<<"${PLAN[$i]}"
+  selected "$name" || continue
+  reserve=0
+  for later in "${PLAN[@]:$((i + 1))}"; do
+    read -r n _ need _ <<<"$later"
+    if selected "$n"; then reserve=$(( reserve + need )); fi
+  done
+  case "$cmd" in
+    gpu_tests) args="$TESTS_MARK" ;;
+    smoke) args="$SMOKE_K" ;;
+    sanitize) [ "$args" = memcheck ] && args="memcheck cuda or triton or vendor" ;;
+  esac
+  if [ "$cmd" = autotable ]; then
+    if [ ! -f "$OUT/results.json" ]; then echo "no results.json: no auto table"; continue; fi
+    phase "$name" "$cap" "$reserve" "$PY" bench/autotable.py "$OUT/results.json" --out "$OUT/autotable.json"
+  elif [ "$cmd" = sanitize ]; then
+    read -r tool backends <<<"$args"
+    phase "$name" "$cap" "$reserve" sanitize "$tool" "$backends"
+  elif [ -n "$args" ]; then
+    phase "$name" "$cap" "$reserve" "$cmd" "$args"
+  else
+    phase "$name" "$cap" "$reserve" "$cmd"
+  fi
+  rc=$?
+  if [ "$name" = build ] && (( rc != 0 )); then
+    echo "the extension is unusable: later phases run with FASTCONV_EXT=off (no rebuild attempts)"
+    export FASTCONV_EXT=off
+  fi
+done
 rm -f "$OUT"/*.tmp
 
 echo

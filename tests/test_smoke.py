@@ -1,7 +1,7 @@
 """One call of every kernel family and variant per backend, forward and backward, against the oracle.
 
 bench/gpu_check.sh runs this file under compute-sanitizer (memcheck, racecheck), one backend at a
-time (``-k cuda``, ``-k triton``): each case is small, so a sanitizer run stays short, and each one
+time (``-k cuda``, ``-k "triton or vendor"``): each case is small, so a sanitizer run stays short, and each one
 still reaches a distinct kernel variant: small-C and GEMM-sized convs, depthwise, a stem conv
 without pool, pool 3 with dilation, asymmetric 'same' padding, a ragged pool edge, general
 max-pool (overlapping, ceil mode), relu, and one NCHW conv. The ``cpu`` copies run everywhere
@@ -28,6 +28,7 @@ BACKENDS = [
     pytest.param("cpu", "cpu", id="cpu"),
     pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.gpu),
     pytest.param("triton", "cuda", id="triton", marks=pytest.mark.gpu),
+    pytest.param("vendor", "cuda", id="vendor", marks=pytest.mark.gpu),
 ]
 
 

@@ -63,7 +63,7 @@ class _Recorder:
 def _modules():
     import importlib
 
-    names = ("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "conv2d_depthwise", "max_pool2d", "relu")
+    names = ("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "conv2d_depthwise", "max_pool2d", "relu", "conv2d_vendor")
     return [importlib.import_module(f"{__package__}.{name}") for name in names]
 
 
@@ -80,6 +80,7 @@ def record(dtypes, all_configs: bool, only: list[str] | None = None):
     from . import _tune
 
     from . import conv2d_bwd, conv2d_fwd, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd
+    from .conv2d_vendor import conv2d_vendor_bwd, conv2d_vendor_fwd
 
     log: list = []
     where = {"layer": ""}
@@ -114,6 +115,10 @@ def record(dtypes, all_configs: bool, only: list[str] | None = None):
                 saved_y, saved_idx = (y if act else None), (idx if k > 1 else None)
                 # depthwise layers also run the separate bias-gradient kernel; the GEMM's rides on wgrad
                 conv2d_bwd(torch.randn_like(y), x, w, saved_y, saved_idx, p, (True, True, bias or C // G == 1 < G))
+                # the vendor-core variant: its epilogue and prologue (ATen runs the conv on the CPU)
+                y, idx = conv2d_vendor_fwd(x, w, b, p)
+                conv2d_vendor_bwd(torch.randn_like(y), x, w, y if act else None, idx if k > 1 else None, p,
+                                  (True, True, bias))
             if only:
                 continue
             where["layer"] = f"pool and relu {str(dtype).replace('torch.', '')}"
