@@ -25,7 +25,8 @@
 #   summary.txt tests.log sanitizer.log results.json results.md speedup.png train.json autotable.json
 # Caches (extension build, Triton, Inductor) live under $FASTCONV_SCRATCH (/tmp/fastconv-gpu-check).
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 470 full, 220 quick),
-# GPU_CHECK_PHASES (what --phases= sets), GPU_CHECK_WORKERS (pytest-xdist workers, default 8).
+# GPU_CHECK_PHASES (what --phases= sets), GPU_CHECK_WORKERS (pytest-xdist workers, default 12),
+# GPU_CHECK_LAYERS_ARGS (bench_layers.py arguments replacing the full run's suites, providers, modes).
 set -u -o pipefail
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -149,17 +150,18 @@ EOF
 # Every GPU test; skips are reported (-rs) and, on a GPU, a test file with GPU tests of which
 # none passed (skipped whole: a missing package, a backend that is unavailable) fails the phase.
 gpu_tests() {
-  local args=(-m "$1" -q -rfEsp -p no:cacheprovider) f
+  # -v: one line per test as it ends, so a phase cut short by its limit still names what failed
+  local args=(-m "$1" -v -rfEsp -p no:cacheprovider) f
   if "$PY" -c "import pytest_timeout" 2>/dev/null; then args+=(--timeout=120); fi
-  if [ "$DRY" = 0 ] && "$PY" -c "import xdist" 2>/dev/null; then args+=(-n "${GPU_CHECK_WORKERS:-8}"); fi
+  if [ "$DRY" = 0 ] && "$PY" -c "import xdist" 2>/dev/null; then args+=(-n "${GPU_CHECK_WORKERS:-12}"); fi
   echo "pytest ${args[*]}  (log: tests.log)"
   "$PY" -m pytest "${args[@]}" >"$OUT/tests.log" 2>&1
   local rc=$?
   if (( rc == 5 )); then echo "no GPU-marked test was collected"; rc=1; fi
-  grep -E '^(SKIPPED|FAILED|ERROR)' "$OUT/tests.log" | head -n 20
+  grep -E '(^| )(FAILED|ERROR) tests/|^SKIPPED' "$OUT/tests.log" | head -n 30
   if [ "$DRY" = 0 ]; then
     for f in $(grep -l 'pytest.mark.gpu' tests/test_*.py); do
-      if ! grep -q "^PASSED $f::" "$OUT/tests.log"; then
+      if ! grep -q "PASSED $f::" "$OUT/tests.log"; then
         echo "GPU test file $f: no test passed (skipped whole?)"
         rc=1
       fi
@@ -213,7 +215,8 @@ layers() {
     "$PY" bench/bench_layers.py --suite cnn,small-c,depthwise --compile-mode default --target-ms 50 \
       --out "$OUT" --budget-s "$budget"
   else
-    "$PY" bench/bench_layers.py --suite cnn,small-c,depthwise,airbench,vgg,stem --target-ms 50 --kernel-times \
+    # shellcheck disable=SC2086
+    "$PY" bench/bench_layers.py ${GPU_CHECK_LAYERS_ARGS:---suite cnn,small-c,depthwise,airbench,vgg,stem --target-ms 50 --kernel-times} \
       --out "$OUT" --budget-s "$budget"
   fi
 }
@@ -270,7 +273,7 @@ else
   PLAN=(
     "env             30  10 env_report"
     "build          240  60 build"
-    "tests          180 100 gpu_tests"
+    "tests          200 100 gpu_tests"
     "smoke           60  20 smoke"
     "memcheck-cuda   60  20 sanitize memcheck cuda"
     "memcheck-triton 75  40 sanitize memcheck triton or vendor"

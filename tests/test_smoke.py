@@ -65,7 +65,11 @@ SMOKE = ([pytest.param(check_conv, c, id=f"conv2d-{c}") for c in SMOKE_CONV_CASE
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_kernel(backend, device, check, case):
     for dtype in _dtypes(device):
-        check(backend, case, dtype, device, layout="channels_last")
+        # the vendor's conv rounds its output to the storage dtype before the pool (as eager cuDNN
+        # does), so on random half-precision data a window's route may legitimately differ from the
+        # float64 oracle's: small integers are exact there (tests/test_vendor.py does the same)
+        integer = backend == "vendor" and dtype != torch.float32
+        check(backend, case, dtype, device, layout="channels_last", **({"integer": True} if integer else {}))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
