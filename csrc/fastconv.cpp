@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/conv2d.h"
 #include "cpu/cpu_kernel.h"
 #include "ops.h"
 
@@ -39,6 +40,9 @@ TORCH_LIBRARY(fastconv_C, m) {
       default: return "base";
     }
   });
+  // The conv core of the calling thread's later CPU conv2d calls (0 the rule, 1 small-C, 2 ATen;
+  // FASTCONV_CPU_CONV overrides it); returns the previous one (csrc/cpu/conv2d.h).
+  m.def("cpu_conv_core(int core) -> int", [](int64_t core) -> int64_t { return fastconv::cpu::set_conv_core(core); });
 }
 
 TORCH_LIBRARY_IMPL(fastconv_C, CPU, m) { FASTCONV_IMPL_ALL(m, cpu); }

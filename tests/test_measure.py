@@ -38,17 +38,23 @@ def _conv(x=None):
         return fastconv.conv2d(x, torch.randn(4, 3, 3, 3), padding=1, activation="relu", pool=2)
 
 
+def _cores(smallc, aten, reference):
+    """Fake times of a CPU conv's candidates: the cpu backend's two cores, and PyTorch."""
+    return {"cpu:smallc": smallc, "cpu:aten": aten, "reference": reference}
+
+
 @pytest.mark.parametrize("times, want", [
-    ({"cpu": 1.0, "reference": 2.0}, "cpu"),
-    ({"cpu": 2.0, "reference": 1.0}, "reference"),
-    ({"cpu": 0.99, "reference": 1.0}, "reference"),  # within the margin: PyTorch
-], ids=["cpu-faster", "pytorch-faster", "tie"])
+    (_cores(1.0, 1.5, 2.0), "cpu:smallc"),
+    (_cores(2.0, 1.0, 2.0), "cpu:aten"),
+    (_cores(2.0, 2.0, 1.0), "reference"),
+    (_cores(0.99, 1.2, 1.0), "reference"),  # within the margin: PyTorch
+], ids=["smallc-faster", "aten-core-faster", "pytorch-faster", "tie"])
 def test_the_fastest_wins_and_a_tie_goes_to_pytorch(measuring, times, want):
     path, timed, fake = measuring
     fake(times)
     _conv()
-    assert backends.last_selected["conv2d_fwd"] == want
-    assert sorted(timed) == ["cpu", "reference"]
+    assert backends.last_selected["conv2d_fwd"] == want.split(":")[0]
+    assert sorted(timed) == ["cpu:aten", "cpu:smallc", "reference"]  # both cores and PyTorch
     table = json.loads(path.read_text())
     (key, name), = table.items()
     assert name == want
@@ -60,24 +66,63 @@ def test_the_fastest_wins_and_a_tie_goes_to_pytorch(measuring, times, want):
     assert torch.__version__ in ident
 
 
+@pytest.mark.parametrize("core", ["smallc", "aten"])
+def test_the_chosen_core_is_the_one_that_runs(measuring, monkeypatch, core):
+    """auto's cpu:<core> computes what FASTCONV_CPU_CONV=<core> computes, bit for bit; the two
+    cores' backward rounds differently on this input, so dx tells them apart."""
+    path, _, fake = measuring
+    fake(_cores(1.0, 2.0, 3.0) if core == "smallc" else _cores(2.0, 1.0, 3.0))
+    gen = torch.Generator().manual_seed(0)
+    x0, w = torch.randn(2, 16, 12, 12, generator=gen), torch.randn(8, 16, 3, 3, generator=gen)
+
+    def run(backend):
+        x = x0.clone().requires_grad_()
+        with fastconv.use_backend(backend, strict=True):
+            y = fastconv.conv2d(x, w, padding=1, activation="relu", pool=2)
+            y.backward(torch.ones_like(y))
+        return y.detach(), x.grad
+
+    y, dx = run("auto")
+    assert sorted(json.loads(path.read_text()).values()) == [f"cpu:{core}"] * 2  # forward and backward
+    forced = {}
+    for c in ("smallc", "aten"):
+        monkeypatch.setenv("FASTCONV_CPU_CONV", c)
+        forced[c] = run("cpu")
+    monkeypatch.delenv("FASTCONV_CPU_CONV")
+    assert not torch.equal(forced["smallc"][1], forced["aten"][1])
+    assert torch.equal(y, forced[core][0]) and torch.equal(dx, forced[core][1])
+    assert torch.equal(run("auto")[1], forced[core][1])  # the cached choice, on a later call
+    assert torch.ops.fastconv_C.cpu_conv_core(0) == 0  # the core is the call's alone, reset after it
+    with pytest.raises(RuntimeError, match="core must be 0 .*, got 3"):
+        torch.ops.fastconv_C.cpu_conv_core(3)
+
+
+def test_a_forced_core_is_not_measured(measuring, monkeypatch):
+    _, timed, fake = measuring
+    fake({"cpu": 1.0, "reference": 2.0})
+    monkeypatch.setenv("FASTCONV_CPU_CONV", "aten")
+    _conv()
+    assert sorted(timed) == ["cpu", "reference"]
+
+
 def test_measured_once_then_cached_in_memory_and_on_disk(measuring, monkeypatch):
     path, timed, fake = measuring
-    fake({"cpu": 1.0, "reference": 2.0})
+    fake(_cores(1.0, 1.5, 2.0))
     _conv()
     _conv()
-    assert len(timed) == 2  # one measurement of each, on the first call only
+    assert len(timed) == 3  # one measurement of each, on the first call only
     monkeypatch.setattr(measure, "_memory", {})
     monkeypatch.setattr(measure, "_disk", None)
     _conv()  # a new process: read back from disk, nothing timed
-    assert len(timed) == 2 and backends.last_selected["conv2d_fwd"] == "cpu"
+    assert len(timed) == 3 and backends.last_selected["conv2d_fwd"] == "cpu"
     _conv(torch.randn(2, 3, 10, 10))  # another shape is measured
-    assert len(timed) == 4
+    assert len(timed) == 6
     assert measure.cached() == {k.split("||", 1)[1]: v for k, v in json.loads(path.read_text()).items()}
 
 
 def test_backward_and_the_other_ops_are_measured_too(measuring):
     path, timed, fake = measuring
-    fake({"cpu": 2.0, "reference": 1.0})
+    fake({"cpu": 2.0, **_cores(2.0, 2.0, 1.0)})
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     with fastconv.use_backend("auto", strict=True):
         y = fastconv.conv2d(x, torch.randn(4, 3, 3, 3), padding=1, activation="relu", pool=2)
@@ -110,7 +155,7 @@ def test_the_real_timer_picks_a_candidate(measuring):
     path, _, _ = measuring
     y = _conv()
     assert backends.last_selected["conv2d_fwd"] in ("cpu", "reference") and y.shape == (2, 4, 4, 4)
-    assert list(json.loads(path.read_text()).values()) == [backends.last_selected["conv2d_fwd"]]
+    assert [v.split(":")[0] for v in json.loads(path.read_text()).values()] == [backends.last_selected["conv2d_fwd"]]
 
 
 def test_measuring_off_keeps_the_static_rule(measuring, monkeypatch):
@@ -126,10 +171,10 @@ def test_measuring_off_keeps_the_static_rule(measuring, monkeypatch):
 
 def test_info_lists_the_cached_choices(measuring):
     _, _, fake = measuring
-    fake({"cpu": 1.0, "reference": 2.0})
+    fake(_cores(1.0, 1.5, 2.0))
     _conv()
     from fastconv.info import format_info
 
     d = fastconv.info()
-    assert list(d["auto_choices"].values()) == ["cpu"]
+    assert list(d["auto_choices"].values()) == ["cpu:smallc"]
     assert "auto       1 measured choice" in format_info(d)

@@ -19,12 +19,28 @@
 namespace fastconv {
 namespace cpu {
 
+namespace {
+// The core the calling thread asked for (set_conv_core), 0 = none: read by conv_path() on the
+// thread that enters conv2d_fwd / conv2d_bwd, before any parallel region.
+thread_local int64_t tl_core = 0;
+}  // namespace
+
+int64_t set_conv_core(int64_t core) {
+  TORCH_CHECK(core >= 0 && core <= 2, "fastconv cpu_conv_core: core must be 0 (the rule), 1 (smallc) or 2 (aten), got ",
+              core);
+  const int64_t was = tl_core;
+  tl_core = core;
+  return was;
+}
+
 ConvPath conv_path(const ConvGeom& g) {
   const char* env = std::getenv("FASTCONV_CPU_CONV");
   const std::string want = env ? env : "";
   if (want == "smallc") return ConvPath::kSmallC;
   if (want == "aten") return ConvPath::kAten;
   TORCH_CHECK(want.empty() || want == "auto", "FASTCONV_CPU_CONV must be auto, smallc or aten, got '", want, "'");
+  if (tl_core == 1) return ConvPath::kSmallC;
+  if (tl_core == 2) return ConvPath::kAten;
   return g.CG * g.R * g.S <= 32 ? ConvPath::kSmallC : ConvPath::kAten;
 }
 

@@ -21,7 +21,13 @@ enum class ConvPath { kSmallC, kAten };
 // layer on RGB, or depthwise 3x3), where an im2col/GEMM core runs far below peak.
 // FASTCONV_CPU_CONV=smallc|aten forces one (any shape is correct on both; tests use this to
 // cover both kernels on every case).
+// Between them, a core asked for by the calling thread (set_conv_core: auto's measured choice,
+// fastconv/backends/cpu.py) comes after the environment and before the rule.
 ConvPath conv_path(const ConvGeom& g);
+
+// The calling thread's core for its later conv2d calls: 0 the rule, 1 small-C, 2 ATen; returns
+// the one it replaces.
+int64_t set_conv_core(int64_t core);
 
 // y [N, K, PO, QO] and idx (uint8, same shape, or empty when pool == 1) are allocated by the
 // caller in x's memory format; dx (x's format), dw [K, CG, R, S] contiguous and db [K] are

@@ -108,6 +108,9 @@ def get(name: str) -> ModuleType:
     be = _loaded.get(name)
     if be is not None:  # the per-call path
         return be
+    if isinstance(name, str) and name.startswith("cpu:"):  # one conv core of cpu (auto's candidates)
+        _loaded[name] = get("cpu").core(name[4:])
+        return _loaded[name]
     name = _check_name(name)
     if name == "auto":
         raise ValueError("'auto' is a policy, not a backend module")
@@ -134,6 +137,7 @@ def _auto(op: str, args, may_measure: bool = True) -> ModuleType:
         if unsupported_reason(name, op, *args) is None:
             if name != "reference" and may_measure and autoselect.measured(op, args) and measure.enabled():
                 options = [name] + [n for n in names[i + 1:] if unsupported_reason(n, op, *args) is None]
+                options = [v for n in options for v in autoselect.variants(n, op)]
                 return get(measure.choose(op, args, list(dict.fromkeys(options + ["reference"])), get))
             return get(name)
     if strict():

@@ -78,6 +78,15 @@ def fixed(op: str, device_type: str) -> str | None:
     return None
 
 
+def variants(name: str, op: str) -> list[str]:
+    """What ``auto`` times for backend ``name`` on ``op``: the cpu backend's two conv cores
+    separately (``cpu:smallc``, ``cpu:aten``: the static rule's threshold is one machine's
+    crossover, not every machine's) unless FASTCONV_CPU_CONV forces one; else the backend."""
+    if name == "cpu" and op.startswith("conv2d") and os.environ.get("FASTCONV_CPU_CONV", "auto") in ("", "auto"):
+        return ["cpu:smallc", "cpu:aten"]
+    return [name]
+
+
 def candidates(op: str, args) -> list[str]:
     """Backends to try in order for ``op(*args)``; the first that can take it runs."""
     x = args[0]

@@ -28,16 +28,29 @@ ATen's convolution (oneDNN) instead of hand-written code. ``auto`` times this
 backend against PyTorch on the first call of each shape and keeps the faster
 (fastconv/backends/measure.py).
 
+Which core a conv runs: ``auto`` times both cores and PyTorch on the first call
+of a shape and keeps the fastest (``cpu:smallc`` and ``cpu:aten``, ``core()``
+below; fastconv/backends/autoselect.py); the ``cpu`` backend chosen by name
+runs the static rule above.
+
 Environment knobs (read on every call): ``FASTCONV_CPU_CONV=auto|smallc|aten``
-forces a conv core; ``FASTCONV_CPU_ISA=base|avx2|avx512`` lowers the
-instruction set of the vector kernels (never above what the CPU has).
+forces a conv core (over auto's choice too); ``FASTCONV_CPU_ISA=base|avx2|avx512``
+lowers the instruction set of the vector kernels (never above what the CPU has).
 """
 from __future__ import annotations
 
+import functools
+import sys
+from types import SimpleNamespace
+
+import torch
+
+from . import _native
 from ._native import (  # noqa: F401  (the backend's ops)
     DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd, unsupported_on)
 
 NAME = "cpu"
+CORES = {"smallc": 1, "aten": 2}  # csrc/cpu/conv2d.h set_conv_core
 
 
 def available() -> str | None:
@@ -46,3 +59,27 @@ def available() -> str | None:
 
 def unsupported(op: str, *args) -> str | None:
     return unsupported_on("cpu", op, args[0])
+
+
+def _on_core(fn, code: int):
+    def call(*args):
+        set_core = torch.ops.fastconv_C.cpu_conv_core
+        was = set_core(code)
+        try:
+            return fn(*args)
+        finally:
+            set_core(was)
+    return call
+
+
+@functools.lru_cache(maxsize=None)
+def core(name: str) -> SimpleNamespace:
+    """This backend with its convs on one core (``smallc`` or ``aten``): what ``auto``'s
+    candidates ``cpu:smallc`` and ``cpu:aten`` run (NAME stays ``cpu``)."""
+    if name not in CORES:
+        raise ValueError(f"unknown cpu conv core {name!r}; expected one of {', '.join(CORES)}")
+    me = sys.modules[__name__]
+    ops = {op: getattr(me, op) for op in ("relu_fwd", "relu_bwd", "max_pool2d_fwd", "max_pool2d_bwd")}
+    return SimpleNamespace(NAME=NAME, CORE=name, DTYPES=DTYPES, available=available, unsupported=unsupported,
+                           conv2d_fwd=_on_core(_native.conv2d_fwd, CORES[name]),
+                           conv2d_bwd=_on_core(_native.conv2d_bwd, CORES[name]), **ops)
