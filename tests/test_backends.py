@@ -111,3 +111,26 @@ def test_last_selected_names_the_backend_that_ran():
         with fastconv.use_backend("cpu", strict=True):
             fastconv.max_pool2d(x, 2)
         assert backends.last_selected["max_pool2d_fwd"] == "cpu"
+
+
+@pytest.mark.parametrize("k, P, Q", [(2, 6, 6), (2, 7, 9), (3, 8, 7)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_reference_unpool_routes_each_gradient_to_its_window_position(k, P, Q, layout):
+    """dC[n, c, k*i + di, k*j + dj] = dy[n, c, i, j] where idx = di*k + dj, 0 elsewhere (the
+    ragged edge past the last window too), in dy's memory format."""
+    from fastconv.backends.reference import unpool
+
+    gen = torch.Generator().manual_seed(k * 100 + P * 10 + Q)
+    PO, QO = P // k, Q // k
+    dy = torch.randn(2, 3, PO, QO, generator=gen, dtype=torch.float64)
+    idx = torch.randint(0, k * k, (2, 3, PO, QO), generator=gen).to(torch.uint8)
+    if layout == "channels_last":
+        dy, idx = (t.contiguous(memory_format=torch.channels_last) for t in (dy, idx))
+    want = torch.zeros(2, 3, P, Q, dtype=torch.float64)
+    for n, c, i, j in torch.cartesian_prod(*(torch.arange(s) for s in (2, 3, PO, QO))).tolist():
+        di, dj = divmod(int(idx[n, c, i, j]), k)
+        want[n, c, k * i + di, k * j + dj] = dy[n, c, i, j]
+    got = unpool(dy, idx, k, P, Q)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else
+                             torch.contiguous_format)
