@@ -38,15 +38,16 @@ def window_index(ind: torch.Tensor, k: int, Wc: int) -> torch.Tensor:
 
 
 def plane_index(idx: torch.Tensor, k: int, Q: int) -> torch.Tensor:
-    """Window index di*k + dj of a k x k / stride-k max-pool -> int64 plane index h*Q + w of the
-    [P, Q] plane it was taken from (the inverse of ``window_index``): a k*k-entry table lookup plus
-    each window's corner."""
+    """Window index d = di*k + dj of a k x k / stride-k max-pool -> int64 plane index h*Q + w of
+    the [P, Q] plane it was taken from (the inverse of ``window_index``): each window's corner plus
+    di*Q + dj = di*(Q - k) + d, in floating point, exact below 2**24 (float32) or 2**53 (float64);
+    integer division and a table lookup through indexing took 2-7x as long on the CPU."""
     _, _, PO, QO = idx.shape
-    e = torch.arange(k * k, device=idx.device)
-    table = torch.div(e, k, rounding_mode="floor") * Q + e % k
-    corner = (torch.arange(PO, device=idx.device).view(PO, 1) * (k * Q)
-              + torch.arange(QO, device=idx.device).view(1, QO) * k)
-    return table[idx.long()] + corner
+    ft = torch.float32 if (PO + 1) * k * Q < 2 ** 24 else torch.float64
+    d = idx.to(ft)
+    corner = (torch.arange(PO, device=idx.device, dtype=ft).view(PO, 1) * (k * Q)
+              + torch.arange(QO, device=idx.device, dtype=ft).view(1, QO) * k)
+    return torch.floor(d / k).mul_(Q - k).add_(d).add_(corner).long()
 
 
 def unpool(dy: torch.Tensor, idx: torch.Tensor, k: int, P: int, Q: int) -> torch.Tensor:
