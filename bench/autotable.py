@@ -2,14 +2,17 @@
 
     python bench/autotable.py DIR/results.json --out fastconv/backends/autotable.json
 
-Format: ``{device name: {conv_key: backend}}``, where ``conv_key`` is the
+Format: ``{device name: {conv_key: entry}}``, where ``conv_key`` is the
 autoselect key (input channels, weight shape, stride, groups, relu, pool,
-dtype; not batch or spatial size) and backend the fastconv backend with the
-least total time over the measured layers of that key: forward + backward
-where every candidate ran it, else forward. ``reference`` (cuDNN conv, then
-relu and pool) competes too, so ``auto`` never picks a fused kernel that was
-measured slower than the unfused composition. Entries of other devices
-and other keys already in the file are kept.
+dtype; not batch or spatial size) and ``entry`` is ``{"backend": name,
+"backends": the CUDA backends of the version that measured it}``, name the
+fastconv backend with the least total time over the measured layers of that
+key: forward + backward where every candidate ran it, else forward.
+``reference`` (cuDNN conv, then relu and pool) competes too, so ``auto`` never
+picks a fused kernel that was measured slower than the unfused composition.
+An entry that predates a backend (a bare name: before ``vendor``) is not
+trusted: ``auto`` times that layer on first use. Entries of other devices and
+other keys already in the file are kept.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 import torch  # noqa: E402
 
 from bench.model import Layer  # noqa: E402
-from fastconv.backends.autoselect import conv_key  # noqa: E402
+from fastconv.backends.autoselect import conv_key, entry  # noqa: E402
 
 CANDIDATES = ("triton", "cuda", "vendor", "reference")
 
@@ -72,8 +75,8 @@ def write_table(results: dict, path: Path) -> dict:
     except (OSError, ValueError):
         table = {}
     best = best_backends(results)
-    if best:
-        table.setdefault(results["device"], {}).update(best)
+    if best:  # each entry names the CUDA backends this version has (autoselect.table_choice)
+        table.setdefault(results["device"], {}).update({k: entry(b) for k, b in best.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     return table

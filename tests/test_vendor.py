@@ -77,6 +77,33 @@ def test_it_is_one_of_autos_cuda_candidates(monkeypatch):
     assert autoselect.measured("conv2d_fwd", (x, w, None, p))
 
 
+def test_a_table_entry_from_before_a_backend_existed_is_timed_again(monkeypatch, tmp_path):
+    """A table entry is trusted only if its version had every CUDA backend auto may give the
+    conv: a bare name (written before vendor existed) is measured on first use and leaves the
+    static order, a current entry is not measured and goes first."""
+    import json
+    from types import SimpleNamespace
+
+    from fastconv import _args
+    from fastconv.backends import autoselect
+
+    w = torch.empty(8, 8, 3, 3)
+    p = _args.conv(torch.empty(1, 8, 8, 8), w, None, 1, 1, 1, 1, "relu", 2)
+    x = SimpleNamespace(shape=(1, 8, 8, 8), dtype=torch.float32, device=torch.device("cuda"))
+    key = autoselect.conv_key(x, tuple(w.shape), p)
+    monkeypatch.setattr(autoselect, "_device_name", lambda t: "Test GPU")
+    monkeypatch.setenv("FASTCONV_AUTOTABLE", str(tmp_path / "t.json"))
+    for entry, timed in (("cuda", True), (autoselect.entry("cuda"), False),
+                         ({"backend": "cuda", "backends": ["triton", "cuda"]}, True)):
+        (tmp_path / "t.json").write_text(json.dumps({"Test GPU": {key: entry}}))
+        autoselect._table.cache_clear()
+        try:
+            assert autoselect.measured("conv2d_fwd", (x, w, None, p)) is timed
+            assert autoselect.candidates("conv2d_fwd", (x, w, None, p))[0] == ("triton" if timed else "cuda")
+        finally:
+            autoselect._table.cache_clear()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,case", [(torch.bfloat16, c) for c in GPU_REALISTIC[:6]], ids=str)
 def test_gpu_realistic_layers_on_cudnn(case, dtype):

@@ -41,6 +41,28 @@ def _table() -> dict:
         return {}
 
 
+# every fastconv backend ``auto`` may give a CUDA conv; a table entry names the ones that existed
+# when it was measured (``entry``), and one that predates a backend here is timed again instead
+CUDA_BACKENDS = ("triton", "cuda", "vendor")
+LEGACY_BACKENDS = ("triton", "cuda")  # an entry written as a bare backend name (before "vendor")
+
+
+def entry(name: str) -> dict:
+    """A table entry: ``name`` measured by this version, against the CUDA backends it has."""
+    return {"backend": name, "backends": list(CUDA_BACKENDS)}
+
+
+def table_choice(x, w_shape, p) -> str | None:
+    """The table's backend for this conv on this card; None where the table has no entry, or
+    only one measured before a backend of this version existed (a stale choice: the 2026-12-04
+    H200 run found the pre-vendor table sending VGG backwards to kernels at x0.5 of cuDNN)."""
+    e = _table().get(_device_name(x), {}).get(conv_key(x, w_shape, p))
+    if e is None:
+        return None
+    name, among = (e, LEGACY_BACKENDS) if isinstance(e, str) else (e.get("backend"), e.get("backends", ()))
+    return name if all(b in among for b in CUDA_BACKENDS) else None
+
+
 @functools.lru_cache(maxsize=None)
 def _device_name_of(index: int) -> str:
     import torch
@@ -57,14 +79,14 @@ def _device_name(x) -> str:
 def measured(op: str, args) -> bool:
     """Whether ``auto`` times the candidates of this call (fastconv/backends/measure.py) instead
     of taking the static rule's first: on CPU tensors always (no table there); on CUDA tensors when the
-    measured table has no entry for this layer on this card (the table is the prior)."""
+    measured table has no current entry for this layer on this card (the table is the prior)."""
     x = args[0] if op != "conv2d_bwd" else args[1]
     if x.device.type == "cpu":
         return True
     if x.device.type != "cuda" or not op.startswith("conv2d"):
         return False
     w, p = (args[1], args[3]) if op == "conv2d_fwd" else (args[2], args[5])
-    return _table().get(_device_name(x), {}).get(conv_key(x, tuple(w.shape), p)) is None
+    return table_choice(x, tuple(w.shape), p) is None
 
 
 def fixed(op: str, device_type: str) -> str | None:
@@ -102,7 +124,7 @@ def candidates(op: str, args) -> list[str]:
         w, p = (args[1], args[3]) if op == "conv2d_fwd" else (args[2], args[5])
         x = args[0] if op == "conv2d_fwd" else args[1]
         w_shape = tuple(w.shape)
-        best = _table().get(_device_name(x), {}).get(conv_key(x, w_shape, p))
+        best = table_choice(x, w_shape, p)
         if best:
             return list(dict.fromkeys([best, "triton", "cuda", "vendor"]))
         C = x.shape[1]
