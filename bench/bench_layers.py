@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="merge the fastest native backend per conv key into this auto table")
     ap.add_argument("--budget-s", type=float, help="start no new timing after this many seconds")
     ap.add_argument("--target-ms", type=float, default=100.0, help="timed milliseconds per measurement")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="the providers take turns this many times per layer, each keeping its fastest round "
+                         "(3 on a shared, noisy CPU machine)")
     ap.add_argument("--warmup-ms", type=float, default=25.0, help="untimed warm-up per measurement")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
@@ -77,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         ap.error(f"--suite: unknown suite(s) {', '.join(unknown)}; suites are {', '.join(SUITES)}, all")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.providers:
         try:
             providers.check_names(args.providers)
@@ -105,7 +110,7 @@ def main(argv=None) -> int:
         device=device, dtype=dtype, channels_last=layout == "channels_last", passes=tuple(args.passes),
         providers=providers.check_names(args.providers or providers.default_providers(device)),
         compile_mode=args.compile_mode, target_ms=args.target_ms, warmup_ms=args.warmup_ms,
-        budget_s=args.budget_s, seed=args.seed, kernel_times=args.kernel_times)
+        budget_s=args.budget_s, seed=args.seed, kernel_times=args.kernel_times, rounds=args.rounds)
     layers = args.layers
     out = args.out or Path(harness.default_out_dir(device))
     out.mkdir(parents=True, exist_ok=True)

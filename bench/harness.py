@@ -53,6 +53,7 @@ class Config:
     budget_s: Optional[float] = None  # no new timing starts after this many seconds
     seed: int = 0
     kernel_times: bool = False  # profile one forward + backward of each fastconv provider
+    rounds: int = 1  # the providers take turns this many times; each (provider, pass) keeps its fastest round
 
     def as_dict(self) -> dict:
         return {
@@ -60,7 +61,7 @@ class Config:
             "layout": "channels_last" if self.channels_last else "nchw", "passes": list(self.passes),
             "providers": list(self.providers), "compile_mode": self.compile_mode,
             "target_ms": self.target_ms, "warmup_ms": self.warmup_ms, "budget_s": self.budget_s,
-            "kernel_times": self.kernel_times,
+            "kernel_times": self.kernel_times, "rounds": self.rounds,
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if self.device.type == "cuda" else None,
             "tf32": tf32_on(self.device, self.dtype),
             "threads": torch.get_num_threads(),
@@ -222,6 +223,7 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
         y_ref = prov.eager_fn(layer)(*sets[0][:3])
     rows = []
     order = sorted(cfg.providers, key=lambda p: (p == "compile", p != "eager"))  # eager first, compile last
+    ready = []  # (provider, fn, extra) of the providers that can run this layer
     for provider in order:
         left = None if deadline is None else deadline - time.perf_counter()
         if left is not None and (left <= 0 or (provider == "compile" and left < COMPILE_RESERVE_S)):
@@ -242,33 +244,54 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
             extra["backends"] = info["backends"]
         if provider == "compile":
             extra["compile_s"] = info["first_call_s"]
-        kernels = None
         if cfg.kernel_times and provider in prov.FASTCONV and "fwdbwd" in cfg.passes:
             kernels = _kernel_times(fn, layer, sets, cfg.device, provider, log)
-        with prov.scope(provider):
-            for pass_ in cfg.passes:
-                if deadline is not None and time.perf_counter() > deadline:
-                    rows.append(_row(suite, layer, provider, pass_, "skipped", "time budget spent"))
-                    continue
-                run, pre = closures(fn, pass_, layer, sets)
-                try:
-                    t = timer.measure(run, pre, len(sets))
-                    mem = timer.peak_memory(run, pre)
-                except Exception as e:  # noqa: BLE001
-                    rows.append(_row(suite, layer, provider, pass_, "error", _first_line(e)))
-                    log(f"  {layer.name:<28} {provider:<9} {pass_:<6} error: {_first_line(e)}")
-                    continue
-                m = _metrics(layer, pass_, cfg, peaks, t.median_ms)
-                if pass_ == "fwdbwd" and kernels is not None:
-                    extra = {**extra, "kernels": kernels}
-                rows.append(_row(suite, layer, provider, pass_, "ok", median_ms=t.median_ms, p20_ms=t.p20_ms,
-                                 p80_ms=t.p80_ms, n=t.n, **m,
-                                 peak_mem_mb=None if mem is None else mem / 2**20, **extra))
-                log(f"  {layer.name:<28} {provider:<9} {pass_:<6} {t.median_ms:9.4f} ms "
-                    f"[{t.p20_ms:.4f}, {t.p80_ms:.4f}]  {m['tflops']:7.2f} TFLOP/s  {m['gbps']:8.1f} GB/s  "
-                    f"{m['roofline_pct']:5.1f}% of roofline")
-        del fn
-    del sets, y_ref
+            if kernels is not None:
+                extra["kernels_fwdbwd"] = kernels
+        ready.append((provider, fn, extra))
+    # the providers take turns (rounds > 1), so that a slow spell of a shared machine, which
+    # lasts seconds, cannot fall on one provider alone; each keeps its fastest round
+    best: dict = {}
+    for _ in range(max(1, cfg.rounds)):
+        for provider, fn, _extra in ready:
+            with prov.scope(provider):
+                for pass_ in cfg.passes:
+                    if deadline is not None and time.perf_counter() > deadline:
+                        continue
+                    if best.get((provider, pass_)) == "error":
+                        continue
+                    run, pre = closures(fn, pass_, layer, sets)
+                    try:
+                        t = timer.measure(run, pre, len(sets))
+                        mem = timer.peak_memory(run, pre)
+                    except Exception as e:  # noqa: BLE001
+                        best[(provider, pass_)] = "error"
+                        rows.append(_row(suite, layer, provider, pass_, "error", _first_line(e)))
+                        log(f"  {layer.name:<28} {provider:<9} {pass_:<6} error: {_first_line(e)}")
+                        continue
+                    seen = best.get((provider, pass_))
+                    if seen is None or t.median_ms < seen[0].median_ms:
+                        best[(provider, pass_)] = (t, mem)
+    for provider, fn, extra in ready:
+        for pass_ in cfg.passes:
+            got = best.get((provider, pass_))
+            if got == "error":
+                continue
+            if got is None:
+                rows.append(_row(suite, layer, provider, pass_, "skipped", "time budget spent"))
+                continue
+            t, mem = got
+            m = _metrics(layer, pass_, cfg, peaks, t.median_ms)
+            kw = {k: v for k, v in extra.items() if k != "kernels_fwdbwd"}
+            if pass_ == "fwdbwd" and "kernels_fwdbwd" in extra:
+                kw["kernels"] = extra["kernels_fwdbwd"]
+            rows.append(_row(suite, layer, provider, pass_, "ok", median_ms=t.median_ms, p20_ms=t.p20_ms,
+                             p80_ms=t.p80_ms, n=t.n, **m,
+                             peak_mem_mb=None if mem is None else mem / 2**20, **kw))
+            log(f"  {layer.name:<28} {provider:<9} {pass_:<6} {t.median_ms:9.4f} ms "
+                f"[{t.p20_ms:.4f}, {t.p80_ms:.4f}]  {m['tflops']:7.2f} TFLOP/s  {m['gbps']:8.1f} GB/s  "
+                f"{m['roofline_pct']:5.1f}% of roofline")
+    del ready, sets, y_ref
     if cfg.device.type == "cuda":
         torch.cuda.empty_cache()
     return rows

@@ -109,3 +109,25 @@ def test_double_backward_fails_clearly_on_both_paths(monkeypatch):
         (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
         with pytest.raises(RuntimeError, match="fastconv.conv2d_bwd"):
             gx.sum().backward()
+
+
+@pytest.mark.skipif(not _ext.load(), reason="the C++ extension is not built")
+@pytest.mark.parametrize("name", ["conv-relu-pool", "max_pool2d"])
+def test_a_call_autograd_does_not_record_runs_the_kernel_without_the_function(name, monkeypatch):
+    """no_grad / inputs without requires_grad: the same y, no grad_fn, and no autograd Function
+    (its apply is most of the eager path's cost on small calls)."""
+    x, w, b = _inputs()
+    with fastconv.use_backend("cpu", strict=True):
+        want = CALLS[name](x.requires_grad_(), w, b)
+        assert type(want.grad_fn).__name__ == GRAD_FN[name]
+
+        def no_apply(*args):
+            raise AssertionError("the autograd Function ran for a call autograd does not record")
+
+        for fn in (_eager.FastconvConv2d, _eager.FastconvMaxPool2d):
+            monkeypatch.setattr(fn, "apply", no_apply)
+        with torch.no_grad():
+            got = CALLS[name](x, w, b)
+        got2 = CALLS[name](x.detach(), w.detach(), b.detach())
+    for y in (got, got2):
+        assert y.grad_fn is None and torch.equal(y, want.detach())
