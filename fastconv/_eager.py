@@ -29,12 +29,11 @@ ops (above) it works, as in PyTorch.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import Tensor
 
-from . import _impl, backends, ops
+from . import _env, _impl, backends, ops
 from .backends import autoselect
 from ._layout import memory_format_of
 from ._params import ConvParams, PoolParams
@@ -59,7 +58,7 @@ _ALL_PROBES = None not in (_dispatch_modes, _function_modes, _jit_tracing, _tran
 
 def usable(*tensors) -> bool:
     """True when this call may skip the custom op (plain eager tensors, nothing tracing)."""
-    if not _ALL_PROBES or os.environ.get(ENV, "1") == "0":
+    if not _ALL_PROBES or _env.get(ENV, "1") == "0":
         return False
     if torch.compiler.is_compiling() or _dispatch_modes() or _function_modes() or _jit_tracing():
         return False

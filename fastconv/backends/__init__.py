@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import threading
 import warnings
 from types import ModuleType
+
+from .. import _env
 
 NAMES = ("auto", "reference", "cpu", "cuda", "triton", "vendor")
 _MODULES = {
@@ -64,7 +65,7 @@ def current() -> str:
     """The active backend name (``set_backend`` > ``FASTCONV_BACKEND`` > ``auto``)."""
     if _state["name"] is not None:
         return _state["name"]
-    env = os.environ.get("FASTCONV_BACKEND")
+    env = _env.get("FASTCONV_BACKEND")
     if env:
         try:
             return _check_name(env)
@@ -76,7 +77,7 @@ def current() -> str:
 def strict() -> bool:
     if _state["strict"] is not None:
         return _state["strict"]
-    return os.environ.get("FASTCONV_STRICT", "0") not in ("", "0", "false", "False")
+    return _env.get("FASTCONV_STRICT", "0") not in ("", "0", "false", "False")
 
 
 def set_backend(name: str, strict: bool | None = None) -> None:

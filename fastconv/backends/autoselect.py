@@ -21,6 +21,8 @@ import json
 import os
 from pathlib import Path
 
+from .. import _env
+
 TABLE_PATH = Path(__file__).with_name("autotable.json")
 
 
@@ -104,7 +106,7 @@ def variants(name: str, op: str) -> list[str]:
     """What ``auto`` times for backend ``name`` on ``op``: the cpu backend's two conv cores
     separately (``cpu:smallc``, ``cpu:aten``: the static rule's threshold is one machine's
     crossover, not every machine's) unless FASTCONV_CPU_CONV forces one; else the backend."""
-    if name == "cpu" and op.startswith("conv2d") and os.environ.get("FASTCONV_CPU_CONV", "auto") in ("", "auto"):
+    if name == "cpu" and op.startswith("conv2d") and _env.get("FASTCONV_CPU_CONV", "auto") in ("", "auto"):
         return ["cpu:smallc", "cpu:aten"]
     return [name]
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from .. import _jsoncache
+from .. import _env, _jsoncache
 
 ENV = "FASTCONV_AUTO_MEASURE"
 REPS = 15  # rounds (5 picked the small-C core for 32->64 @16 b64 where the benchmark then timed the ATen core 15% faster)
@@ -44,7 +43,7 @@ _disk: dict | None = None
 
 
 def enabled() -> bool:
-    v = os.environ.get(ENV, "1").strip()
+    v = _env.get(ENV, "1").strip()
     if v not in ("0", "1"):
         raise ValueError(f"{ENV} must be 0 or 1, got {v!r}")
     return v == "1"
@@ -57,7 +56,7 @@ def path() -> Path:
 
 
 def device_identity(device: torch.device) -> str:
-    return _identity(device.type, device.index, torch.get_num_threads(), os.environ.get("FASTCONV_CPU_ISA", ""))
+    return _identity(device.type, device.index, torch.get_num_threads(), _env.get("FASTCONV_CPU_ISA", ""))
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,7 +148,7 @@ def _times(fns: dict, device: torch.device) -> dict[str, float]:
 def choose(op: str, args, names: list[str], get) -> str:
     """The backend among ``names`` (``reference`` among them) to run ``op(*args)`` with."""
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
-    fast = (op, device, torch.get_num_threads(), os.environ.get("FASTCONV_CPU_ISA", ""), tuple(names),
+    fast = (op, device, torch.get_num_threads(), _env.get("FASTCONV_CPU_ISA", ""), tuple(names),
             *map(_signature, args))
     hit = _memory.get(fast)
     if hit is not None:
