@@ -233,7 +233,8 @@ def markdown(res: dict) -> str:
                 cells.append(cell)
             lines.append(f"| {name} | {pass_} | " + " | ".join(cells) + " |")
     lines += ["", "A convert() row with 0 fused runs the model's own code (nothing fuses there: in train mode a "
-              "BatchNorm sits between every conv and its relu), so its ratio is the noise of the machine."]
+              "BatchNorm sits between every conv and its relu) but for its max-pools, which are fastconv's "
+              "(auto times them against torch's), so its ratio is mostly the noise of the machine."]
     skipped = res.get("skipped", {})
     if skipped:
         lines += [""] + [f"- {n} skipped: {why}" for n, why in skipped.items()]

@@ -58,9 +58,9 @@ _ALL_PROBES = None not in (_dispatch_modes, _function_modes, _jit_tracing, _tran
 
 def usable(*tensors) -> bool:
     """True when this call may skip the custom op (plain eager tensors, nothing tracing)."""
-    if not _ALL_PROBES or _env.get(ENV, "1") == "0":
+    if torch.compiler.is_compiling() or not _ALL_PROBES or _env.get(ENV, "1") == "0":
         return False
-    if torch.compiler.is_compiling() or _dispatch_modes() or _function_modes() or _jit_tracing():
+    if _dispatch_modes() or _function_modes() or _jit_tracing():
         return False
     if _transforms() is not None:
         return False

@@ -7,7 +7,6 @@ at once). ``os.environ.get`` encodes the key and builds a view on each call, abo
 """
 from __future__ import annotations
 
-import functools
 import os
 
 _data = getattr(os.environ, "_data", None)
@@ -16,14 +15,15 @@ _decodevalue = getattr(os.environ, "decodevalue", None)
 _FAST = isinstance(_data, dict) and callable(_encodekey) and callable(_decodevalue)
 
 
-@functools.lru_cache(maxsize=None)
-def _key(name: str):
-    return _encodekey(name)
+_keys: dict = {}  # name -> its encoded key
 
 
 def get(name: str, default: str | None = None) -> str | None:
     """``os.environ.get(name, default)``."""
     if not _FAST:
         return os.environ.get(name, default)
-    v = _data.get(_key(name))
+    key = _keys.get(name)
+    if key is None:
+        key = _keys[name] = _encodekey(name)
+    v = _data.get(key)
     return default if v is None else _decodevalue(v)

@@ -80,12 +80,17 @@ def _device_name(x) -> str:
 
 def measured(op: str, args) -> bool:
     """Whether ``auto`` times the candidates of this call (fastconv/backends/measure.py) instead
-    of taking the static rule's first: on CPU tensors always (no table there); on CUDA tensors when the
-    measured table has no current entry for this layer on this card (the table is the prior)."""
+    of taking the static rule's first: on CPU tensors always (no table there); on CUDA tensors for a
+    max-pool, and for a conv the measured table has no current entry for on this card (the table is
+    the prior)."""
     x = args[0] if op != "conv2d_bwd" else args[1]
     if x.device.type == "cpu":
         return True
-    if x.device.type != "cuda" or not op.startswith("conv2d"):
+    if x.device.type != "cuda":
+        return False
+    if op.startswith("max_pool2d"):  # no table for pools: timed, so a pool convert() swaps never loses
+        return True
+    if not op.startswith("conv2d"):
         return False
     w, p = (args[1], args[3]) if op == "conv2d_fwd" else (args[2], args[5])
     return table_choice(x, tuple(w.shape), p) is None
