@@ -223,7 +223,7 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
         y_ref = prov.eager_fn(layer)(*sets[0][:3])
     rows = []
     order = sorted(cfg.providers, key=lambda p: (p == "compile", p != "eager"))  # eager first, compile last
-    ready = []  # (provider, fn, extra) of the providers that can run this layer
+    ready = []  # (provider, fn, extra, kernels) of the providers that can run this layer
     for provider in order:
         left = None if deadline is None else deadline - time.perf_counter()
         if left is not None and (left <= 0 or (provider == "compile" and left < COMPILE_RESERVE_S)):
@@ -244,47 +244,42 @@ def run_layer(suite: str, layer: Layer, cfg: Config, peaks: dict, timer: Timer, 
             extra["backends"] = info["backends"]
         if provider == "compile":
             extra["compile_s"] = info["first_call_s"]
+        kernels = None
         if cfg.kernel_times and provider in prov.FASTCONV and "fwdbwd" in cfg.passes:
             kernels = _kernel_times(fn, layer, sets, cfg.device, provider, log)
-            if kernels is not None:
-                extra["kernels_fwdbwd"] = kernels
-        ready.append((provider, fn, extra))
+        ready.append((provider, fn, extra, kernels))
     # the providers take turns (rounds > 1), so that a slow spell of a shared machine, which
     # lasts seconds, cannot fall on one provider alone; each keeps its fastest round
-    best: dict = {}
+    best: dict = {}  # (provider, pass) -> (Timing, peak bytes)
+    failed: set = set()
     for _ in range(max(1, cfg.rounds)):
-        for provider, fn, _extra in ready:
+        for provider, fn, _, _ in ready:
             with prov.scope(provider):
                 for pass_ in cfg.passes:
-                    if deadline is not None and time.perf_counter() > deadline:
-                        continue
-                    if best.get((provider, pass_)) == "error":
+                    if (provider, pass_) in failed or (deadline is not None and time.perf_counter() > deadline):
                         continue
                     run, pre = closures(fn, pass_, layer, sets)
                     try:
                         t = timer.measure(run, pre, len(sets))
                         mem = timer.peak_memory(run, pre)
                     except Exception as e:  # noqa: BLE001
-                        best[(provider, pass_)] = "error"
+                        failed.add((provider, pass_))
                         rows.append(_row(suite, layer, provider, pass_, "error", _first_line(e)))
                         log(f"  {layer.name:<28} {provider:<9} {pass_:<6} error: {_first_line(e)}")
                         continue
                     seen = best.get((provider, pass_))
                     if seen is None or t.median_ms < seen[0].median_ms:
                         best[(provider, pass_)] = (t, mem)
-    for provider, fn, extra in ready:
+    for provider, fn, extra, kernels in ready:
         for pass_ in cfg.passes:
-            got = best.get((provider, pass_))
-            if got == "error":
+            if (provider, pass_) in failed:
                 continue
-            if got is None:
+            if (provider, pass_) not in best:
                 rows.append(_row(suite, layer, provider, pass_, "skipped", "time budget spent"))
                 continue
-            t, mem = got
+            t, mem = best[(provider, pass_)]
             m = _metrics(layer, pass_, cfg, peaks, t.median_ms)
-            kw = {k: v for k, v in extra.items() if k != "kernels_fwdbwd"}
-            if pass_ == "fwdbwd" and "kernels_fwdbwd" in extra:
-                kw["kernels"] = extra["kernels_fwdbwd"]
+            kw = {**extra, "kernels": kernels} if pass_ == "fwdbwd" and kernels is not None else extra
             rows.append(_row(suite, layer, provider, pass_, "ok", median_ms=t.median_ms, p20_ms=t.p20_ms,
                              p80_ms=t.p80_ms, n=t.n, **m,
                              peak_mem_mb=None if mem is None else mem / 2**20, **kw))

@@ -29,7 +29,6 @@ ops (above) it works, as in PyTorch.
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

@@ -40,12 +40,10 @@ lowers the instruction set of the vector kernels (never above what the CPU has).
 from __future__ import annotations
 
 import functools
-import sys
 from types import SimpleNamespace
 
 import torch
 
-from . import _native
 from ._native import (  # noqa: F401  (the backend's ops)
     DTYPES, conv2d_bwd, conv2d_fwd, extension_missing, max_pool2d_bwd, max_pool2d_fwd, relu_bwd, relu_fwd, unsupported_on)
 
@@ -78,8 +76,7 @@ def core(name: str) -> SimpleNamespace:
     candidates ``cpu:smallc`` and ``cpu:aten`` run (NAME stays ``cpu``)."""
     if name not in CORES:
         raise ValueError(f"unknown cpu conv core {name!r}; expected one of {', '.join(CORES)}")
-    me = sys.modules[__name__]
-    ops = {op: getattr(me, op) for op in ("relu_fwd", "relu_bwd", "max_pool2d_fwd", "max_pool2d_bwd")}
     return SimpleNamespace(NAME=NAME, CORE=name, DTYPES=DTYPES, available=available, unsupported=unsupported,
-                           conv2d_fwd=_on_core(_native.conv2d_fwd, CORES[name]),
-                           conv2d_bwd=_on_core(_native.conv2d_bwd, CORES[name]), **ops)
+                           conv2d_fwd=_on_core(conv2d_fwd, CORES[name]), conv2d_bwd=_on_core(conv2d_bwd, CORES[name]),
+                           relu_fwd=relu_fwd, relu_bwd=relu_bwd, max_pool2d_fwd=max_pool2d_fwd,
+                           max_pool2d_bwd=max_pool2d_bwd)

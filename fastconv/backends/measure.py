@@ -33,7 +33,7 @@ import torch
 from .. import _env, _jsoncache
 
 ENV = "FASTCONV_AUTO_MEASURE"
-REPS = 15  # rounds (5 picked the small-C core for 32->64 @16 b64 where the benchmark then timed the ATen core 15% faster)
+REPS = 15  # rounds: 5 went the wrong way on near-ties between the two CPU conv cores
 BUDGET_S = 0.5  # per candidate, after the warm-up
 MARGIN = 0.03
 
