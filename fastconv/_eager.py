@@ -39,7 +39,6 @@ from ._params import ConvParams, PoolParams
 
 ENV = "FASTCONV_EAGER_PATH"
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-_DEVICES = ("cpu", "cuda")
 
 
 def _probe(name: str, owner=torch._C):
@@ -64,7 +63,7 @@ def usable(*tensors) -> bool:
     if _transforms() is not None:
         return False
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN or t.device.type not in _DEVICES):
+        if t is not None and (type(t) not in _PLAIN or not (t.is_cpu or t.is_cuda)):
             return False
     return True
 
@@ -131,9 +130,12 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None, p: ConvParams) -> Tensor:
     return FastconvConv2d.apply(x, w, b, p, be)[0]
 
 
+_CPU_RELU_IS_ATEN = autoselect.fixed("relu_fwd", "cpu") == "reference"  # a constant: read once
+
+
 def relu(x: Tensor) -> Tensor:
     """relu on the eager path (ATen's own where the reference backend runs it)."""
-    if backends.current() == "auto" and autoselect.fixed("relu_fwd", x.device.type) == "reference":
+    if x.is_cpu and _CPU_RELU_IS_ATEN and backends.current() == "auto":
         backends.last_selected["relu_fwd"] = "reference"  # what select would say, without its cost
         return torch.relu(x)
     if x.numel() == 0:
