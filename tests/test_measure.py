@@ -178,3 +178,32 @@ def test_info_lists_the_cached_choices(measuring):
     d = fastconv.info()
     assert list(d["auto_choices"].values()) == ["cpu:smallc"]
     assert "auto       1 measured choice" in format_info(d)
+
+
+def test_a_measured_call_skips_listing_the_candidates_next_time(measuring, monkeypatch):
+    """The second call of a measured shape takes its choice from memory without asking the
+    candidate rule again; a knob that changes the candidates (FASTCONV_CPU_CONV) lists them anew."""
+    from fastconv.backends import autoselect
+
+    _, timed, fake = measuring
+    fake({**_cores(2.0, 1.0, 2.0), "cpu": 1.0})
+    x = torch.randn(2, 3, 8, 8)
+    _conv(x)
+    listed = []
+    rule = autoselect.candidates
+
+    def spy(op, args):
+        listed.append(op)
+        return rule(op, args)
+
+    _conv(x)  # the memo is keyed on the rule in force: the real one, still
+    assert backends.last_selected["conv2d_fwd"] == "cpu"
+    monkeypatch.setattr(autoselect, "candidates", spy)  # another rule: listed again, once
+    _conv(x)
+    _conv(x)
+    assert listed == ["conv2d_fwd"]
+    monkeypatch.setenv("FASTCONV_CPU_CONV", "smallc")
+    _conv(x)
+    assert listed == ["conv2d_fwd", "conv2d_fwd"]
+    # measured once per candidate set (both cores; then the forced one): the rest were memo hits
+    assert timed == ["cpu:smallc", "cpu:aten", "reference", "cpu", "reference"]

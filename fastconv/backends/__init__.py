@@ -133,13 +133,19 @@ def _auto(op: str, args, may_measure: bool = True) -> ModuleType:
     names it, or as the fallback when none can: an error in strict mode)."""
     from . import autoselect, measure
 
+    call = None
+    if may_measure:  # a call measured before: its choice, without listing the candidates again
+        call = measure.call_key(op, args, autoselect.candidates)
+        hit = measure._memory.get(call)
+        if hit is not None:
+            return get(hit)
     names = autoselect.candidates(op, args)
     for i, name in enumerate(names):
         if unsupported_reason(name, op, *args) is None:
             if name != "reference" and may_measure and autoselect.measured(op, args) and measure.enabled():
                 options = [name] + [n for n in names[i + 1:] if unsupported_reason(n, op, *args) is None]
                 options = [v for n in options for v in autoselect.variants(n, op)]
-                return get(measure.choose(op, args, list(dict.fromkeys(options + ["reference"])), get))
+                return get(measure.choose(op, args, list(dict.fromkeys(options + ["reference"])), get, call))
             return get(name)
     if strict():
         why = "; ".join(f"{n}: {unsupported_reason(n, op, *args)}" for n in names) or "no candidate for this device"

@@ -145,19 +145,36 @@ def _times(fns: dict, device: torch.device) -> dict[str, float]:
     return best
 
 
-def choose(op: str, args, names: list[str], get) -> str:
-    """The backend among ``names`` (``reference`` among them) to run ``op(*args)`` with."""
+def call_key(op: str, args, rule) -> tuple:
+    """A key in ``_memory`` for everything that decides ``auto``'s measured choice of ``op(*args)``
+    before the candidates are even listed: the call's shapes, dtypes, strides and device, the
+    thread count, the knobs that change the candidates or the measuring (FASTCONV_CPU_ISA,
+    FASTCONV_CPU_CONV, FASTCONV_AUTO_MEASURE) and ``rule`` (the candidate rule in force). A hit
+    skips listing and checking the candidates on every later call: ~10 us of Python per call on a
+    2-core CPU, a sixth of a small layer (fastconv/backends/__init__.py ``_auto``)."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    return ("call", op, device, torch.get_num_threads(), _env.get("FASTCONV_CPU_ISA", ""),
+            _env.get("FASTCONV_CPU_CONV", ""), _env.get(ENV, ""), rule, *map(_signature, args))
+
+
+def choose(op: str, args, names: list[str], get, call: tuple | None = None) -> str:
+    """The backend among ``names`` (``reference`` among them) to run ``op(*args)`` with; kept
+    under ``call`` (``call_key``) too, when given."""
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
     fast = (op, device, torch.get_num_threads(), _env.get("FASTCONV_CPU_ISA", ""), tuple(names),
             *map(_signature, args))
     hit = _memory.get(fast)
     if hit is not None:
+        if call is not None:
+            _memory[call] = hit
         return hit
     key = f"{device_identity(device)}||{shape_key(op, args)}"
     with _lock:
         hit = _memory.get(key) or _load().get(key)
         if hit in names:
             _memory[fast] = hit
+            if call is not None:
+                _memory[call] = hit
             return hit
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return names[0]  # no timing inside a capture; decided on an uncaptured call
@@ -168,5 +185,7 @@ def choose(op: str, args, names: list[str], get) -> str:
         if best != "reference" and "reference" in times and times[best] > (1 - MARGIN) * times["reference"]:
             best = "reference"
         _memory[fast] = best
+        if call is not None:
+            _memory[call] = best
         _save(key, best)
     return best
