@@ -97,46 +97,76 @@ def conv_padding(v, R: int, S: int, stride, dilation) -> tuple[int, int, int, in
     return (ph, pw, ph, pw)
 
 
+_PLAIN = (int, str, type(None))
+_memo: dict = {}  # the parsed parameters of calls seen before (plain ints, strings, int tuples)
+
+
+def _plain(*values) -> bool:
+    """Whether every value is an int, a str, None or a tuple of ints, by exact type: values whose
+    equality cannot hide a different type (True == 1, 1.0 == 1) and so may key a memo."""
+    for v in values:
+        t = type(v)
+        if t not in _PLAIN and not (t is tuple and all(type(e) is int for e in v)):
+            return False
+    return True
+
+
+def _remember(key, value):
+    if len(_memo) > 1024:
+        _memo.clear()
+    _memo[key] = value
+    return value
+
+
+def _conv_params(stride, padding, dilation, groups, act, pool_k, R, S) -> ConvParams:
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    st = pair("stride", stride, minimum=1)
+    dil = pair("dilation", dilation, minimum=1)
+    pad = conv_padding(padding, R, S, st, dil)
+    return ConvParams(st, pad, dil, int(groups), activation(act), pool(pool_k))
+
+
 def conv(x, w, b, stride, padding, dilation, groups, act, pool_k) -> ConvParams:
-    """Check a conv2d call (x already 4-D) and return its ConvParams."""
+    """Check a conv2d call (x already 4-D) and return its ConvParams (the scalar arguments'
+    parsing is remembered per distinct plain value: ~2.5 of its ~4 us a call)."""
     tensor("x", x, (4,))
     tensor("w", w, (4,))
     same_device_dtype("x", x, "w", w)
     if b is not None:
         tensor("b", b, (1,))
         same_device_dtype("x", x, "b", b)
-    if not _is_int(groups) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
     N, C, H, W = x.shape
     K, CG, R, S = w.shape
-    if C % groups != 0 or K % groups != 0:
+    key = ("conv", stride, padding, dilation, groups, act, pool_k, R, S)
+    p = _memo.get(key) if _plain(stride, padding, dilation, groups, act, pool_k) else None
+    if p is None:
+        p = _conv_params(stride, padding, dilation, groups, act, pool_k, R, S)
+        if _plain(stride, padding, dilation, groups, act, pool_k):
+            _remember(key, p)
+    if C % p.groups != 0 or K % p.groups != 0:
         raise ValueError(
             f"groups={groups} must divide both the input channels C={C} and the output channels K={K}"
         )
-    if CG * groups != C:
+    if CG * p.groups != C:
         raise ValueError(
             f"w must have shape [K, C/groups, R, S] = [{K}, {C // groups}, R, S] for x with C={C} and "
             f"groups={groups}, got {tuple(w.shape)}"
         )
     if b is not None and b.shape[0] != K:
         raise ValueError(f"b must have shape [{K}] (one per output channel), got {tuple(b.shape)}")
-    st = pair("stride", stride, minimum=1)
-    dil = pair("dilation", dilation, minimum=1)
-    pad = conv_padding(padding, R, S, st, dil)
-    p = ConvParams(st, pad, dil, int(groups), activation(act), pool(pool_k))
     P, Q = p.conv_hw(H, W, R, S)
     if P < 1 or Q < 1:
         raise ValueError(
-            f"w's kernel {R}x{S} (dilation {dil}) is larger than x's padded input "
-            f"{H + pad[0] + pad[2]}x{W + pad[1] + pad[3]}"
+            f"w's kernel {R}x{S} (dilation {p.dilation}) is larger than x's padded input "
+            f"{H + p.padding[0] + p.padding[2]}x{W + p.padding[1] + p.padding[3]}"
         )
     if p.pool > 1 and (P < p.pool or Q < p.pool):
         raise ValueError(f"pool={p.pool} is larger than the conv output {P}x{Q}")
     return p
 
 
-def max_pool(x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolParams:
-    tensor("x", x, (4,))
+def _pool_params(kernel_size, stride, padding, dilation, ceil_mode) -> PoolParams:
     k = pair("kernel_size", kernel_size, minimum=1)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else pair(
         "stride", stride, minimum=1)
@@ -146,11 +176,22 @@ def max_pool(x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolParams
         raise ValueError(f"padding must be at most half of kernel_size {k}, got {pad}")
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
-    p = PoolParams(k, s, pad, dil, ceil_mode)
+    return PoolParams(k, s, pad, dil, ceil_mode)
+
+
+def max_pool(x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolParams:
+    tensor("x", x, (4,))
+    plain = type(ceil_mode) is bool and _plain(kernel_size, stride, padding, dilation)
+    key = ("max_pool", kernel_size, stride, padding, dilation, ceil_mode)
+    p = _memo.get(key) if plain else None
+    if p is None:
+        p = _pool_params(kernel_size, stride, padding, dilation, ceil_mode)
+        if plain:
+            _remember(key, p)
     OH, OW = p.out_hw(x.shape[2], x.shape[3])
     if OH < 1 or OW < 1:
         raise ValueError(
-            f"kernel_size {k} (dilation {dil}) is larger than x's padded input "
-            f"{x.shape[2] + 2 * pad[0]}x{x.shape[3] + 2 * pad[1]}"
+            f"kernel_size {p.kernel} (dilation {p.dilation}) is larger than x's padded input "
+            f"{x.shape[2] + 2 * p.padding[0]}x{x.shape[3] + 2 * p.padding[1]}"
         )
     return p

@@ -70,3 +70,18 @@ def test_relu_bad_input():
         fastconv.relu(torch.zeros(3, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor"):
         fastconv.relu(3.0)
+
+
+@pytest.mark.parametrize("stride", [True, 1.0, (1, True), (1.0, 1)], ids=str)
+def test_remembered_parameters_do_not_hide_a_wrong_type(stride):
+    """The parsed scalar arguments are remembered per value (fastconv/_args.py); a value equal to
+    a remembered one but of another type (True == 1, 1.0 == 1) is still checked and rejected."""
+    x, w = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    fastconv.conv2d(x, w, stride=1, padding=1)  # stride 1 remembered
+    fastconv.conv2d(x, w, stride=(1, 1), padding=1)
+    with pytest.raises(TypeError, match="stride must be an int or a pair of ints"):
+        fastconv.conv2d(x, w, stride=stride, padding=1)
+    fastconv.max_pool2d(x, 2, ceil_mode=True)
+    with pytest.raises(TypeError, match="ceil_mode must be a bool"):
+        fastconv.max_pool2d(x, 2, ceil_mode=1)
+    assert fastconv.conv2d(x, w, stride=[2, 2], padding=1).shape == (1, 4, 4, 4)  # a list: parsed each call
