@@ -157,35 +157,23 @@ def call_key(op: str, args, rule) -> tuple:
             _env.get("FASTCONV_CPU_CONV", ""), _env.get(ENV, ""), rule, *map(_signature, args))
 
 
-def choose(op: str, args, names: list[str], get, call: tuple | None = None) -> str:
-    """The backend among ``names`` (``reference`` among them) to run ``op(*args)`` with; kept
-    under ``call`` (``call_key``) too, when given."""
+def choose(op: str, args, names: list[str], get, call: tuple) -> str:
+    """The backend among ``names`` (``reference`` among them) to run ``op(*args)`` with: from the
+    disk cache, else measured; kept in memory under ``call`` (``call_key``), which ``_auto`` asks
+    first on later calls."""
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
-    fast = (op, device, torch.get_num_threads(), _env.get("FASTCONV_CPU_ISA", ""), tuple(names),
-            *map(_signature, args))
-    hit = _memory.get(fast)
-    if hit is not None:
-        if call is not None:
-            _memory[call] = hit
-        return hit
     key = f"{device_identity(device)}||{shape_key(op, args)}"
     with _lock:
-        hit = _memory.get(key) or _load().get(key)
-        if hit in names:
-            _memory[fast] = hit
-            if call is not None:
-                _memory[call] = hit
-            return hit
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return names[0]  # no timing inside a capture; decided on an uncaptured call
-        fns = {name: (lambda fn=getattr(get(name), op): fn(*args)) for name in names}
-        with torch.no_grad():
-            times = _times(fns, device)
-        best = min(times, key=times.get)
-        if best != "reference" and "reference" in times and times[best] > (1 - MARGIN) * times["reference"]:
-            best = "reference"
-        _memory[fast] = best
-        if call is not None:
-            _memory[call] = best
-        _save(key, best)
+        best = _load().get(key)
+        if best not in names:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return names[0]  # no timing inside a capture; decided on an uncaptured call
+            fns = {name: (lambda fn=getattr(get(name), op): fn(*args)) for name in names}
+            with torch.no_grad():
+                times = _times(fns, device)
+            best = min(times, key=times.get)
+            if best != "reference" and "reference" in times and times[best] > (1 - MARGIN) * times["reference"]:
+                best = "reference"
+            _save(key, best)
+        _memory[call] = best
     return best
