@@ -111,11 +111,10 @@ def _plain(*values) -> bool:
     return True
 
 
-def _remember(key, value):
+def _remember(key, value) -> None:
     if len(_memo) > 1024:
         _memo.clear()
     _memo[key] = value
-    return value
 
 
 def _conv_params(stride, padding, dilation, groups, act, pool_k, R, S) -> ConvParams:
@@ -138,11 +137,12 @@ def conv(x, w, b, stride, padding, dilation, groups, act, pool_k) -> ConvParams:
         same_device_dtype("x", x, "b", b)
     N, C, H, W = x.shape
     K, CG, R, S = w.shape
+    plain = _plain(stride, padding, dilation, groups, act, pool_k)
     key = ("conv", stride, padding, dilation, groups, act, pool_k, R, S)
-    p = _memo.get(key) if _plain(stride, padding, dilation, groups, act, pool_k) else None
+    p = _memo.get(key) if plain else None
     if p is None:
         p = _conv_params(stride, padding, dilation, groups, act, pool_k, R, S)
-        if _plain(stride, padding, dilation, groups, act, pool_k):
+        if plain:
             _remember(key, p)
     if C % p.groups != 0 or K % p.groups != 0:
         raise ValueError(
