@@ -42,14 +42,26 @@ def _read(path: str) -> str:
 
 def _cpuinfo_field(name: str) -> str | None:
     for line in _read("/proc/cpuinfo").splitlines():
-        if line.startswith(name) and ":" in line:
-            return line.split(":", 1)[1].strip()
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:  # exact: "model" must not match "model name"
+            return value.strip()
     return None
 
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what platform knows."""
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id() -> str:
+    """The CPU model name with its x86 family and model numbers where ``/proc/cpuinfo`` has them:
+    virtual machines often name every EPYC just "AMD EPYC", though Zen 3 (family 25 model 1), Zen 4
+    (25/17) and Zen 5 (26/2) differ in what is fastest. It keys the measured auto choices and names
+    a CPU's folder of benchmark results; the bare name is what the user reads (``cpu_model``)."""
+    family, number = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    if family is None or number is None:
+        return cpu_model()
+    return f"{cpu_model()} (family {family}, model {number})"
 
 
 def native_isa() -> str:
@@ -87,7 +99,7 @@ def device_name(device: torch.device) -> str:
     """A GPU's name, or ``cpu: <model>``."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return "cpu: " + cpu_model()
+    return "cpu: " + cpu_id()
 
 
 def kernels(backend: str, device: torch.device) -> str:

@@ -60,9 +60,9 @@ def test_the_fastest_wins_and_a_tie_goes_to_pytorch(measuring, times, want):
     assert name == want
     ident = measure.device_identity(torch.device("cpu"))
     assert key.startswith(ident + "||conv2d_fwd|") and "(2, 3, 8, 8):float32" in key
-    from fastconv.info import cpu_isa, cpu_model
+    from fastconv.info import cpu_id, cpu_isa
 
-    assert cpu_model() in ident and cpu_isa() in ident and f"{torch.get_num_threads()} threads" in ident
+    assert cpu_id() in ident and cpu_isa() in ident and f"{torch.get_num_threads()} threads" in ident
     assert torch.__version__ in ident
 
 

@@ -61,11 +61,11 @@ def device_identity(device: torch.device) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _identity(kind: str, index, threads: int, isa_env: str) -> str:
-    from ..info import cpu_isa, cpu_model  # (fastconv.info is the function; the module is this)
+    from ..info import cpu_id, cpu_isa  # (fastconv.info is the function; the module is this)
 
     if kind == "cuda":
         return f"cuda|{torch.cuda.get_device_name(index)}|torch {torch.__version__}"
-    return f"cpu|{cpu_model()}|{cpu_isa()}|{threads} threads|torch {torch.__version__}|kernels {_kernels_id()}"
+    return f"cpu|{cpu_id()}|{cpu_isa()}|{threads} threads|torch {torch.__version__}|kernels {_kernels_id()}"
 
 
 @functools.lru_cache(maxsize=None)
