@@ -26,7 +26,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from bench import autotable, harness, providers, report  # noqa: E402
+from bench import autotable, harness, malloc, providers, report  # noqa: E402
 from bench.model import PASSES  # noqa: E402
 from bench.suites import SUITES, layers_of  # noqa: E402
 from bench.timing import dtype_of  # noqa: E402
@@ -67,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-ms", type=float, default=25.0, help="untimed warm-up per measurement")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc", choices=malloc.POLICIES, default="default",
+                    help="the C allocator's policy: glibc's default, or 'steady' (freed memory is kept, so page "
+                         "faults left by the previous provider do not decide; bench/malloc.py)")
     ap.add_argument("--kernel-times", action="store_true",
                     help="profile one forward + backward of each fastconv provider: its top kernels "
                          "(in results.json under the fwdbwd row's 'kernels')")
@@ -102,6 +105,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
+    try:
+        malloc_policy = malloc.apply(args.malloc)
+    except RuntimeError as e:
+        print(f"--malloc: {e}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = dtype_of(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
@@ -110,7 +118,8 @@ def main(argv=None) -> int:
         device=device, dtype=dtype, channels_last=layout == "channels_last", passes=tuple(args.passes),
         providers=providers.check_names(args.providers or providers.default_providers(device)),
         compile_mode=args.compile_mode, target_ms=args.target_ms, warmup_ms=args.warmup_ms,
-        budget_s=args.budget_s, seed=args.seed, kernel_times=args.kernel_times, rounds=args.rounds)
+        budget_s=args.budget_s, seed=args.seed, kernel_times=args.kernel_times, rounds=args.rounds,
+        malloc=malloc_policy)
     layers = args.layers
     out = args.out or Path(harness.default_out_dir(device))
     out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ class Config:
     seed: int = 0
     kernel_times: bool = False  # profile one forward + backward of each fastconv provider
     rounds: int = 1  # the providers take turns this many times; each (provider, pass) keeps its fastest round
+    malloc: str = "default"  # the C allocator's policy (bench/malloc.py), as applied
 
     def as_dict(self) -> dict:
         return {
@@ -64,7 +65,7 @@ class Config:
             "kernel_times": self.kernel_times, "rounds": self.rounds,
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if self.device.type == "cuda" else None,
             "tf32": tf32_on(self.device, self.dtype),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "malloc": self.malloc,
         }
 
 

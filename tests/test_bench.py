@@ -140,6 +140,7 @@ def test_cli_on_a_tiny_layer_writes_results(tmp_path, one_thread):
     assert rc == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["complete"] and res["device_type"] == "cpu" and res["versions"]["torch"] == torch.__version__
+    assert res["config"]["malloc"] == "default"
     assert res["peaks"]["matmul_tflops"] > 0 and res["peaks"]["copy_gbps"] > 0
     for f in SUMMARY_FIELDS:
         assert f in res["summary"]
@@ -163,6 +164,47 @@ def test_cli_on_a_tiny_layer_writes_results(tmp_path, one_thread):
     assert res["summary"]["geomean_fwd_vs_compile"] is None  # compile was not asked for
     assert "| tiny |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "speedup.png").stat().st_size > 1000
+
+
+_STEADY_PROBE = '''
+import ctypes, sys, torch
+sys.path.insert(0, sys.argv[1])
+from bench import malloc
+print(malloc.apply(sys.argv[2]))
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+t = torch.ones(20 << 18)  # 20 MiB
+del t
+print(libc.mallinfo2().fordblks >> 20)  # MiB free in the heap, kept for the next tensor
+'''
+
+
+def test_malloc_steady_keeps_freed_memory():
+    """--malloc steady: a freed 20 MiB tensor stays in the heap (glibc's default maps it and
+    returns it to the OS, so the next one faults its pages in again); an unknown policy is an
+    error naming the choices."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt is glibc's (Linux)")
+    from bench import malloc
+
+    def free_mib(policy):
+        out = subprocess.run([sys.executable, "-c", _STEADY_PROBE, str(ROOT), policy], capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+        assert out[0].startswith(policy)
+        return int(out[1])
+
+    assert free_mib("steady") >= 20
+    assert free_mib("default") < 20
+    with pytest.raises(ValueError, match="default, steady"):
+        malloc.apply("fast")
 
 
 class _HostEvent:
