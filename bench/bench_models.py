@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fastconv  # noqa: E402
-from bench import harness, report  # noqa: E402
+from bench import harness, malloc, report  # noqa: E402
 from bench.timing import sync  # noqa: E402
 
 VARIANTS = ("eager", "convert", "compile")
@@ -208,7 +208,9 @@ def run_pass(name: str, model: nn.Module, shape, batch: int, pass_: str, args, d
 
 def markdown(res: dict) -> str:
     lines = [f"# fastconv model benchmark: {res['device']}", "",
-             f"{res['date']}, torch {res['versions']['torch']}, {res['config']['threads']} threads, median of "
+             f"{res['date']}, torch {res['versions']['torch']}, {res['config']['threads']} threads"
+             + (f", malloc {res['config']['malloc']}" if res["config"].get("malloc", "default") != "default" else "")
+             + ", median of "
              f"{res['config']['reps']} after {res['config']['warmup']} warm-up runs. Cells: ms (speedup vs eager); "
              "train rows add the activations saved for backward.", "",
              "| model | pass | " + " | ".join(res["config"]["variants"]) + " |",
@@ -275,6 +277,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--optimizer", action="store_true", help="add an SGD step to the training step")
+    ap.add_argument("--malloc", choices=malloc.POLICIES, default="default",
+                    help="the C allocator's policy: glibc's default, or 'steady' (freed memory is kept; bench/malloc.py)")
     ap.add_argument("--out", type=Path, help="folder for results.json / results.md (default bench/results/<device>/models)")
     args = ap.parse_args(argv)
     for name, allowed in (("models", MODELS), ("variants", VARIANTS), ("passes", PASSES)):
@@ -293,6 +297,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        malloc_policy = malloc.apply(args.malloc)
+    except RuntimeError as e:
+        print(f"--malloc: {e}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows, skipped = [], {}
@@ -313,7 +322,8 @@ def main(argv=None) -> int:
                     flush=True)
     res = {**harness.environment(device), "config": {
         "models": args.models, "variants": args.variants, "passes": args.passes, "reps": args.reps,
-        "warmup": args.warmup, "threads": torch.get_num_threads(), "optimizer": args.optimizer},
+        "warmup": args.warmup, "threads": torch.get_num_threads(), "optimizer": args.optimizer,
+        "malloc": malloc_policy},
         "rows": rows, "skipped": skipped}
     out = args.out or Path(harness.default_out_dir(device)) / "models"
     out.mkdir(parents=True, exist_ok=True)
