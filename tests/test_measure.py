@@ -63,7 +63,22 @@ def test_the_fastest_wins_and_a_tie_goes_to_pytorch(measuring, times, want):
     from fastconv.info import cpu_id, cpu_isa
 
     assert cpu_id() in ident and cpu_isa() in ident and f"{torch.get_num_threads()} threads" in ident
+    assert f"aten {torch.backends.cpu.get_cpu_capability().lower()}" in ident
     assert torch.__version__ in ident
+
+
+def test_the_identity_names_onednns_isa(monkeypatch):
+    """A oneDNN held below the CPU's ISA (ONEDNN_MAX_CPU_ISA) changes which candidate is fastest:
+    its choices are kept apart from the unrestricted ones."""
+    plain = measure.device_identity(torch.device("cpu"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    measure._identity.cache_clear()
+    try:
+        held = measure.device_identity(torch.device("cpu"))
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        measure._identity.cache_clear()
+    assert "onednn <= avx2" in held and "onednn" not in plain and held != plain
 
 
 @pytest.mark.parametrize("core", ["smallc", "aten"])

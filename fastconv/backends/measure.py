@@ -12,8 +12,8 @@ One design for CPU and GPU (``fastconv/backends/__init__.py`` asks ``choose`` wh
   fastest call counts: on a shared, noisy machine a slow spell then hits every candidate alike,
   and noise (which only ever adds time) does not decide. A fastconv backend wins only if it is at
   least ``MARGIN`` faster than ``reference``: a tie goes to PyTorch;
-* the choice is cached per device identity -- CPU model, ISA of the C++ kernels, thread count
-  and the built kernels' content hash, or GPU name -- and torch version, op and shape key, in memory and in
+* the choice is cached per device identity -- CPU model, ISA of the C++ kernels, ATen's and
+  oneDNN's ISA, thread count and the built kernels' content hash, or GPU name -- and torch version, op and shape key, in memory and in
   ``$FASTCONV_CACHE_DIR/autoselect.json`` (``~/.cache/fastconv``), so later processes reuse it;
 * ``FASTCONV_AUTO_MEASURE=0`` turns measuring off (tests, reproducible runs): the static rule
   decides. Nothing is measured while a CUDA graph is being captured.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -65,7 +66,12 @@ def _identity(kind: str, index, threads: int, isa_env: str) -> str:
 
     if kind == "cuda":
         return f"cuda|{torch.cuda.get_device_name(index)}|torch {torch.__version__}"
-    return f"cpu|{cpu_id()}|{cpu_isa()}|{threads} threads|torch {torch.__version__}|kernels {_kernels_id()}"
+    # ATen's vector code and oneDNN's ISA decide how fast the reference candidate and the ATen
+    # core run, as the kernels' ISA decides fastconv's (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
+    aten = torch.backends.cpu.get_cpu_capability().lower()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower()
+    return (f"cpu|{cpu_id()}|{cpu_isa()}|aten {aten}" + (f"|onednn <= {onednn}" if onednn else "")
+            + f"|{threads} threads|torch {torch.__version__}|kernels {_kernels_id()}")
 
 
 @functools.lru_cache(maxsize=None)
