@@ -56,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          f"{','.join(providers.default_providers(torch.device('cpu')))})")
     ap.add_argument("--passes", type=_csv, default=list(PASSES), help="comma-separated: fwd,bwd,fwdbwd")
     ap.add_argument("--compile-mode", default=providers.COMPILE_MODE, help="torch.compile mode of 'compile'")
+    ap.add_argument("--inductor-simdlen", type=int, choices=(128, 256, 512),
+                    help="bits of the vectors Inductor's CPU code uses (torch._inductor.config.cpp.simdlen; default: "
+                         "the CPU's widest): 256 with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "
+                         "FASTCONV_CPU_ISA=avx2 runs all of PyTorch and fastconv at AVX2 on an AVX-512 machine")
     ap.add_argument("--out", type=Path, help="output folder (default: bench/results/<device>/)")
     ap.add_argument("--write-autotable", type=Path, metavar="PATH",
                     help="merge the fastest native backend per conv key into this auto table")
@@ -112,6 +116,10 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.inductor_simdlen:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.simdlen = args.inductor_simdlen
     dtype = dtype_of(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     layout = args.layout or ("channels_last" if device.type == "cuda" else "nchw")
     cfg = harness.Config(
@@ -119,7 +127,7 @@ def main(argv=None) -> int:
         providers=providers.check_names(args.providers or providers.default_providers(device)),
         compile_mode=args.compile_mode, target_ms=args.target_ms, warmup_ms=args.warmup_ms,
         budget_s=args.budget_s, seed=args.seed, kernel_times=args.kernel_times, rounds=args.rounds,
-        malloc=malloc_policy)
+        malloc=malloc_policy, inductor_simdlen=args.inductor_simdlen)
     layers = args.layers
     out = args.out or Path(harness.default_out_dir(device))
     out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ class Config:
     kernel_times: bool = False  # profile one forward + backward of each fastconv provider
     rounds: int = 1  # the providers take turns this many times; each (provider, pass) keeps its fastest round
     malloc: str = "default"  # the C allocator's policy (bench/malloc.py), as applied
+    inductor_simdlen: Optional[int] = None  # torch._inductor.config.cpp.simdlen of 'compile' (None: the CPU's)
 
     def as_dict(self) -> dict:
         return {
@@ -65,7 +66,7 @@ class Config:
             "kernel_times": self.kernel_times, "rounds": self.rounds,
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if self.device.type == "cuda" else None,
             "tf32": tf32_on(self.device, self.dtype),
-            "threads": torch.get_num_threads(), "malloc": self.malloc,
+            "threads": torch.get_num_threads(), "malloc": self.malloc, "inductor_simdlen": self.inductor_simdlen,
         }
 
 

@@ -87,6 +87,7 @@ def _header(results: dict) -> list[str]:
         + (", cudnn.benchmark" if cfg.get("cudnn_benchmark") else "")
         + (f", {cfg['threads']} CPU threads" if results.get("device_type") == "cpu" else "")
         + (f", malloc {cfg['malloc']}" if cfg.get("malloc", "default") != "default" else "")
+        + (f", Inductor simdlen {cfg['inductor_simdlen']}" if cfg.get("inductor_simdlen") else "")
         + (f", C++ kernels {cpu['isa']} (CPU's widest {cpu['isa_native']}; family {cpu.get('family')} "
            f"model {cpu.get('model_number')})" + (f", ATen {cpu['aten_isa']}" if cpu.get("aten_isa") else "")
            + (f", oneDNN <= {cpu['onednn_max_isa']}" if cpu.get("onednn_max_isa") else "")

@@ -140,7 +140,7 @@ def test_cli_on_a_tiny_layer_writes_results(tmp_path, one_thread):
     assert rc == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["complete"] and res["device_type"] == "cpu" and res["versions"]["torch"] == torch.__version__
-    assert res["config"]["malloc"] == "default"
+    assert res["config"]["malloc"] == "default" and res["config"]["inductor_simdlen"] is None
     assert res["peaks"]["matmul_tflops"] > 0 and res["peaks"]["copy_gbps"] > 0
     for f in SUMMARY_FIELDS:
         assert f in res["summary"]
